@@ -1,0 +1,46 @@
+# Two commands: `make demo` and `make test`. Both set up .venv first.
+# torch is installed before the project so the CPU wheel (2.13.0, on local disk here) meets the
+# project's torch range and pip never pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
+export GENSCALE_CACHE ?= $(CURDIR)/cache
+
+.PHONY: setup test demo lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST comes from the Debian package where apt and root are available; otherwise
+# `genscale data fetch` falls back to the canonical download.
+$(GENSCALE_CACHE)/.system-data:
+	@if [ ! -d $(FMNIST_DEB_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing the Debian package dataset-fashion-mnist"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
+	@mkdir -p $(GENSCALE_CACHE) && touch $@
+
+setup: $(VENV)/.installed $(GENSCALE_CACHE)/.system-data
+	$(BIN)/genscale data fetch fashion-mnist
+	$(BIN)/genscale data fetch fid-inception
+
+test: setup
+	$(BIN)/python -m pytest
+
+demo: setup
+	$(BIN)/genscale train configs/dcgan-fmnist.yaml
+	$(BIN)/genscale sample latest -n 64 -o out/demo-samples.png
+	$(BIN)/genscale runs --limit 5
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) cache runs out

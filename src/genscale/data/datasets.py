@@ -1,0 +1,132 @@
+"""Image datasets as in-memory uint8 tensors, deterministic splits and nested subsets."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from genscale.data.builtin import BUILTIN_IMAGE_DATASETS, array_sha256, load_fashion_mnist
+from genscale.data.idx import read_idx
+from genscale.data.sources import load_imagefolder, load_npz
+from genscale.errors import GenscaleError
+
+if TYPE_CHECKING:
+    from genscale.config import DataConfig
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Images (N, C, H, W) uint8 and optional labels (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, index: np.ndarray) -> ImageData:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return ImageData(self.x[idx], None if self.y is None else self.y[idx])
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """train/val/test of one dataset version; `train` is `full_train` cut to `data.size` examples."""
+
+    train: ImageData
+    full_train: ImageData
+    val: ImageData
+    test: ImageData
+    name: str
+    version: str  # sha256 of the content of all splits before subsetting
+    num_classes: int  # 0 when unlabelled
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+
+def stratified_order(labels: np.ndarray | None, n: int, seed: int) -> np.ndarray:
+    """A permutation of range(n) whose every prefix is class-balanced (to within one per class).
+
+    Each example gets the key (rank within its class + jitter) / class count, with ranks from a seeded
+    shuffle; sorting by key interleaves classes in proportion. Taking prefixes of one order makes
+    subsets nested: for n1 < n2, subset(n1) is contained in subset(n2).
+    """
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return rng.permutation(n)
+    keys = np.empty(n, dtype=np.float64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        members = members[rng.permutation(len(members))]
+        keys[members] = (np.arange(len(members)) + rng.random(len(members))) / len(members)
+    return np.argsort(keys, kind="stable")
+
+
+def nested_subset(data: ImageData, size: int | None, seed: int) -> ImageData:
+    """The first `size` examples of the seeded stratified order (all of them when size is None)."""
+    if size is None:
+        return data
+    if not 0 < size <= len(data):
+        raise GenscaleError(f"data.size: {size} is outside 1..{len(data)} (training examples available)")
+    labels = None if data.y is None else data.y.numpy()
+    return data.take(np.sort(stratified_order(labels, len(data), seed)[:size]))
+
+
+def _split(x: np.ndarray, y: np.ndarray | None, n_val: int, n_test: int, seed: int
+           ) -> tuple[ImageData, ImageData, ImageData]:
+    order = stratified_order(y, len(x), seed)
+    parts = np.split(order, [n_test, n_test + n_val])  # test, val, train
+    data = ImageData(torch.from_numpy(x), None if y is None else torch.from_numpy(y))
+    test, val, train = (data.take(np.sort(p)) for p in parts)
+    return train, val, test
+
+
+def _version(name: str, *arrays: np.ndarray | None) -> str:
+    h = hashlib.sha256(name.encode())
+    for a in arrays:
+        h.update(b"none" if a is None else array_sha256(a).encode())
+    return h.hexdigest()
+
+
+def load_image_data(cfg: DataConfig) -> DataSplits:
+    """Load the configured source, split it deterministically and cut train to `cfg.size`."""
+    if cfg.source in BUILTIN_IMAGE_DATASETS:
+        arrays = load_fashion_mnist()
+        x_train, y_train = arrays["x_train"][:, None], arrays["y_train"].astype(np.int64)
+        # val is carved from the canonical train split; test stays the canonical test split.
+        train, val, _ = _split(x_train, y_train, cfg.val_size, 0, cfg.split_seed)
+        test = ImageData(torch.from_numpy(arrays["x_test"][:, None]),
+                         torch.from_numpy(arrays["y_test"].astype(np.int64)))
+        version = _version(cfg.source, x_train, y_train, arrays["x_test"], arrays["y_test"])
+        num_classes = 10
+    else:
+        if cfg.path is None:
+            raise GenscaleError(f"data.path: required for source '{cfg.source}'")
+        if cfg.source == "imagefolder":
+            x, y, _ = load_imagefolder(cfg.path, channels=cfg.channels, image_size=cfg.image_size)
+        elif cfg.source == "npz":
+            x, y = load_npz(cfg.path)
+        elif cfg.source == "idx":
+            x = read_idx(cfg.path)
+            if x.dtype != np.uint8 or x.ndim != 3:
+                raise GenscaleError(f"{cfg.path}: expected uint8 images (N, H, W), got {x.dtype} {x.shape}")
+            x = x[:, None]
+            y = None if cfg.labels_path is None else read_idx(cfg.labels_path).astype(np.int64)
+            if y is not None and y.shape != (len(x),):
+                raise GenscaleError(f"{cfg.labels_path}: {len(y)} labels for {len(x)} images")
+        else:  # the config validator already restricts the names; this guards library callers
+            raise GenscaleError(f"data.source: unknown source '{cfg.source}'")
+        n_val, n_test = round(len(x) * cfg.val_fraction), round(len(x) * cfg.test_fraction)
+        if len(x) - n_val - n_test < 1 or n_test < 1:
+            raise GenscaleError(f"{cfg.path}: {len(x)} images are too few to split into train/val/test")
+        train, val, test = _split(x, y, n_val, n_test, cfg.split_seed)
+        version = _version(cfg.source, x, y)
+        num_classes = 0 if y is None else int(y.max()) + 1
+    subset = nested_subset(train, cfg.size, cfg.split_seed)
+    return DataSplits(subset, train, val, test, cfg.source, version, num_classes)

@@ -1,0 +1,1 @@
+"""Feature extractors and the metrics computed on their features."""

@@ -1,0 +1,112 @@
+"""Shared training machinery: device choice, precision, seeding, EMA, FLOP counting, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.flop_counter import FlopCounterMode
+
+from genscale.errors import GenscaleError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """auto: cuda, then mps, then cpu. Asking for a device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GenscaleError("train.device: 'cuda' requested but no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GenscaleError("train.device: 'mps' requested but MPS is not available")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA (precision auto or bf16); plain fp32 elsewhere."""
+    if precision == "bf16" and device.type != "cuda":
+        raise GenscaleError(f"train.precision: bf16 autocast needs CUDA, the device is {device.type}")
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (initialisation); the loop's own generators are seeded separately."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_ema(module: torch.nn.Module, decay: float) -> AveragedModel:
+    """Exponential moving average of weights and buffers (torch.optim.swa_utils)."""
+    return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def count_flops(fn: Callable[[], object]) -> tuple[object, int]:
+    """Run `fn` once under torch.utils.flop_counter and return (its result, FLOPs counted)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        result = fn()
+    return result, counter.get_total_flops()
+
+
+class BatchStream:
+    """Batches of a tensor held on the device, in a seeded order that is a pure function of the index.
+
+    Batch i comes from epoch i // batches_per_epoch, whose permutation is drawn from seed + epoch; so a
+    resumed run continues with exactly the batches an uninterrupted one would see. The last partial
+    batch of an epoch is dropped.
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, seed: int):
+        if batch_size > len(data):
+            raise GenscaleError(f"train.batch_size: {batch_size} exceeds the {len(data)} training examples")
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.per_epoch = len(data) // batch_size
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def batch(self, i: int) -> torch.Tensor:
+        epoch, j = divmod(i, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(len(self.data), generator=g).to(self.data.device)
+        return self.data[self._perm[j * self.batch_size:(j + 1) * self.batch_size]]
+
+    def epochs(self, batches: int) -> float:
+        return batches * self.batch_size / len(self.data)
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, completed: int, description: str) -> Iterator[Callable[..., None]]:
+    """A rich progress bar with ETA and the latest losses; yields update(advance, **losses)."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(description, total=total, completed=completed, info="")
+
+        def update(advance: int = 1, **values: float) -> None:
+            info = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+            progress.update(task, advance=advance, **({"info": info} if info else {}))
+
+        yield update

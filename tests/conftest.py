@@ -1,0 +1,39 @@
+"""Test fixtures. Runs and the MLflow store go to a temporary folder; datasets and weights come from
+the shared cache that `make setup` filled (GENSCALE_CACHE), so no test downloads anything."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from genscale.config import RunConfig
+
+
+@pytest.fixture(autouse=True)
+def _isolated_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENSCALE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def tiny_config(**overrides) -> RunConfig:
+    """A gan-mlp on 256 Fashion-MNIST images: seconds on a CPU."""
+    raw = {
+        "name": "tiny",
+        "data": {"source": "fashion-mnist", "size": 256},
+        "model": {"arch": "gan-mlp", "size": "tiny"},
+        "train": {"steps": 12, "batch_size": 32, "checkpoint_every": 4, "log_every": 3, "device": "cpu"},
+        "eval": {"n_samples": 200, "kid_subsets": 5, "kid_subset_size": 100,
+                 "classifier": {"epochs": 1, "train_size": 2000}},
+        "gate": {"fid_fmnist": {"max": 1.0e6}},
+    }
+    for key, value in overrides.items():
+        section, field = key.split("__")
+        raw[section][field] = value
+    return RunConfig.model_validate(raw)
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
