@@ -18,8 +18,8 @@ app = typer.Typer(help="Train, evaluate and sample generative models; measure wh
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Built-in datasets and weights: fetch and describe.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def friendly(fn):
@@ -129,7 +129,7 @@ def runs(limit: Annotated[int, typer.Option(help="rows to show")] = 20,
                       f"{m['data_size']:.0f}" if "data_size" in m else "-", p.get("train.steps", "-"),
                       f"{m['flops']:.3g}" if "flops" in m else "-",
                       " ".join(f"{k}={v:.3g}" for k, v in sorted(shown.items())) or "-", t.get("gate", "-"))
-    out.print(table)
+    (out if out.is_terminal else Console(width=250)).print(table)  # piped: do not squeeze to 80 columns
 
 
 def main() -> None:

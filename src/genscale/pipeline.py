@@ -16,14 +16,16 @@ from genscale.data.datasets import DataSplits, load_image_data
 from genscale.errors import GenscaleError
 from genscale.gate import GateResult, apply_gate
 from genscale.metrics.evaluate import evaluate_images, generate_images, make_extractor
-from genscale.models.gan import build_gan
+from genscale.models.gan import build_gan, preset
 from genscale.paths import atomic_write_bytes, runs_dir
 from genscale.tracking import Tracker, resolve_run_dir
 from genscale.train.checkpoint import load_checkpoint, unprefixed
 from genscale.train.loop import fit, run_summary, write_config
 from genscale.train.machinery import select_device
+from genscale.ui import console
 
-console = Console(stderr=True)
+results = Console(soft_wrap=True)  # stdout: metrics and the gate verdict
+
 SAMPLE_SEED = 1234  # fixed noise for sample grids, so grids of different runs are comparable
 
 
@@ -86,20 +88,27 @@ def evaluate_and_gate(cfg: RunConfig, run_dir: Path, splits: DataSplits, g: torc
 
 def print_results(records: dict[str, dict], gate: GateResult) -> None:
     for name, r in records.items():
-        console.print(f"{name} = {r['value']:.4f}  ({r['extractor']}, {r['n_gen']} generated vs {r['n_ref']} test)")
+        results.print(f"{name} = {r['value']:.4f}  ({r['extractor']}, {r['n_gen']} generated vs {r['n_ref']} test)")
     colour = "green" if gate.passed else "red"
-    console.print(f"gate: [bold {colour}]{gate.verdict}[/]")
+    results.print(f"gate: [bold {colour}]{gate.verdict}[/]")
     for reason in gate.reasons:
-        console.print(f"  - {reason}")
+        results.print(f"  - {reason}")
 
 
 def train(cfg: RunConfig | None = None, *, resume: str | None = None) -> Path:
-    """Train a new run from `cfg`, or continue run `resume` from its latest checkpoint; returns the run folder."""
+    """Train a new run from `cfg`, or continue run `resume` from its latest checkpoint; returns the run folder.
+
+    The data and device are checked before a run is recorded, so bad input leaves no half-made run behind.
+    """
     if resume:
         run_dir, cfg = load_run(resume)
+    assert cfg is not None
+    device = select_device(cfg.train.device)
+    splits = load_image_data(cfg.data)
+    preset(cfg.model.arch, cfg.model.size)
+    if resume:
         tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_id=run_dir.name)
     else:
-        assert cfg is not None
         tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_name=cfg.name,
                           tags={"family": cfg.model.family, "arch": cfg.model.arch})
         run_dir = runs_dir() / tracker.run_id
@@ -108,8 +117,6 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None) -> Path:
         tracker.log_artifact(run_dir / "config.yaml")
     console.print(f"run {tracker.run_id}  ({run_dir})")
     try:
-        device = select_device(cfg.train.device)
-        splits = load_image_data(cfg.data)
         run, counters = fit(cfg, run_dir, splits, tracker, device)
         summary = run_summary(cfg, splits, run, counters, device)
         atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=1).encode())

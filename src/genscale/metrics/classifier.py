@@ -12,13 +12,13 @@ import json
 
 import torch
 import torch.nn.functional as F
-from rich.progress import Progress
 from safetensors.torch import load_file, save
 
 from genscale.config import ClassifierConfig
 from genscale.data.datasets import DataSplits, nested_subset
 from genscale.errors import GenscaleError
 from genscale.paths import atomic_write_bytes, cache_dir
+from genscale.ui import progress
 
 FEATURE_DIM = 128
 
@@ -58,8 +58,8 @@ def train_classifier(splits: DataSplits, cfg: ClassifierConfig) -> tuple[DomainC
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(cfg.seed)
     batches = max(1, len(train) // 128)
-    with Progress(transient=True) as progress:
-        task = progress.add_task("training fmnist-classifier", total=cfg.epochs * batches)
+    with progress(transient=True) as bar:
+        task = bar.add_task("training fmnist-classifier", total=cfg.epochs * batches)
         for _ in range(cfg.epochs):
             model.train()
             perm = torch.randperm(len(train), generator=g)
@@ -69,7 +69,7 @@ def train_classifier(splits: DataSplits, cfg: ClassifierConfig) -> tuple[DomainC
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                progress.update(task, advance=1)
+                bar.update(task, advance=1)
     model.eval()
     return model, accuracy(model, splits.test.x, splits.test.y)
 

@@ -11,7 +11,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from genscale.config import EvalConfig
 from genscale.data.datasets import DataSplits, nested_subset
@@ -25,6 +24,7 @@ from genscale.metrics.image import (
     kid_from_features,
 )
 from genscale.paths import atomic_write_bytes, cache_dir
+from genscale.ui import progress
 
 
 class FeatureExtractor(Protocol):
@@ -49,14 +49,14 @@ def extract(extractor: FeatureExtractor, images: torch.Tensor, batch_size: int, 
             ) -> tuple[np.ndarray, np.ndarray | None]:
     """Features (N, D) and logits (N, K) or None, in batches, with a progress bar."""
     feats, logits = [], []
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"{extractor.name} features: {label}", total=len(images))
+    with progress(transient=True) as bar:
+        task = bar.add_task(f"{extractor.name} features: {label}", total=len(images))
         for i in range(0, len(images), batch_size):
             f, z = extractor(images[i:i + batch_size])
             feats.append(f.double().cpu())
             if z is not None:
                 logits.append(z.double().cpu())
-            progress.update(task, advance=len(f))
+            bar.update(task, advance=len(f))
     return torch.cat(feats).numpy(), (torch.cat(logits).numpy() if logits else None)
 
 

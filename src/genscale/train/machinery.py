@@ -9,17 +9,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
     TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.flop_counter import FlopCounterMode
 
 from genscale.errors import GenscaleError
+from genscale.ui import progress
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -100,13 +96,11 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def progress_bar(total: int, completed: int, description: str) -> Iterator[Callable[..., None]]:
     """A rich progress bar with ETA and the latest losses; yields update(advance, **losses)."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task(description, total=total, completed=completed, info="")
+    with progress(TextColumn("{task.fields[info]}")) as bar:
+        task = bar.add_task(description, total=total, completed=completed, info="")
 
         def update(advance: int = 1, **values: float) -> None:
             info = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-            progress.update(task, advance=advance, **({"info": info} if info else {}))
+            bar.update(task, advance=advance, **({"info": info} if info else {}))
 
         yield update

@@ -1,0 +1,90 @@
+"""The command line end to end, in process (Typer's runner) and, for error output, as a real process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import tiny_config, tree_hashes
+from genscale.cli import app
+from genscale.tracking import resolve_run_dir, tracking_uri
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_train_eval_sample_runs(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    config = user / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
+    before = tree_hashes(user)
+
+    code, output = invoke("train", str(config), "--set", "train.steps=6", "--set", "gate.fid_fmnist.max=1e9")
+    assert code == 0, output
+    run_dir = resolve_run_dir("latest")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"fid_fmnist", "kid_fmnist", "is_fmnist", "extractor_test_accuracy"}
+    assert metrics["fid_fmnist"]["n_gen"] == 200 and metrics["fid_fmnist"]["extractor"].startswith("fmnist-classifier")
+    assert json.loads((run_dir / "gate.json").read_text())["verdict"] == "PASS"
+    assert tree_hashes(user) == before  # the user's config is only read
+
+    client = MlflowClient(tracking_uri())
+    run = client.get_run(run_dir.name)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.steps"] == "6" and run.data.tags["gate"] == "PASS"
+    assert run.data.metrics["flops"] > 0 and "fid_fmnist" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "loss_d")) == 2  # logged at steps 3 and 6
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "samples.png", "checkpoint"} <= artifacts
+
+    code, output = invoke("eval", run_dir.name[:8], "--n", "100")
+    assert code == 0, output
+    assert "fid_fmnist" in output and "100 generated" in output
+
+    code, output = invoke("sample", "latest", "-n", "9", "-o", str(tmp_path / "grid.png"))
+    assert code == 0, output
+    assert Image.open(tmp_path / "grid.png").size == (3 * 30 + 2, 3 * 30 + 2)
+
+    code, output = invoke("runs")
+    assert code == 0 and run_dir.name[:8] in output and "PASS" in output
+
+
+def test_gate_failure_is_reported_not_raised(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
+    code, output = invoke("train", str(config), "--set", "train.steps=3", "--set", "gate.fid_fmnist.max=0.001")
+    assert code == 0
+    assert "FAIL" in output and "violates <= 0.001" in output
+
+
+def genscale(*args, cwd):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "genscale.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, stdin=subprocess.DEVNULL)
+
+
+def test_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path):
+    (tmp_path / "typo.yaml").write_text("model:\n  arch: dcgan\ntrian:\n  steps: 5\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "imgs.yaml").write_text(f"data:\n  source: imagefolder\n  path: {tmp_path / 'empty'}\n")
+    cases = [
+        (["train", "typo.yaml"], "typo.yaml: unknown key 'trian'"),
+        (["train", "imgs.yaml"], "empty: no .png/.jpg/.jpeg images found"),
+        (["eval", "nosuchrun"], "run 'nosuchrun': no such run"),
+        (["data", "fetch", "mnist"], "unknown name 'mnist'"),
+    ]
+    for args, message in cases:
+        done = genscale(*args, cwd=tmp_path)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1, (args, done.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, done.stderr)
