@@ -77,9 +77,18 @@ def test_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path):
     (tmp_path / "typo.yaml").write_text("model:\n  arch: dcgan\ntrian:\n  steps: 5\n")
     (tmp_path / "empty").mkdir()
     (tmp_path / "imgs.yaml").write_text(f"data:\n  source: imagefolder\n  path: {tmp_path / 'empty'}\n")
+    (tmp_path / "images.idx").write_bytes(b"\x00\x00\x07\x03" + bytes(12))
+    (tmp_path / "idx.yaml").write_text(f"data:\n  source: idx\n  path: {tmp_path / 'images.idx'}\n")
+    (tmp_path / "broken").mkdir()
+    Image.new("L", (64, 64), 128).save(tmp_path / "broken" / "a.png")
+    (tmp_path / "broken" / "b.png").write_bytes((tmp_path / "broken" / "a.png").read_bytes()[:40])
+    (tmp_path / "broken.yaml").write_text(f"data:\n  source: imagefolder\n  path: {tmp_path / 'broken'}\n")
+    before = tree_hashes(tmp_path)
     cases = [
         (["train", "typo.yaml"], "typo.yaml: unknown key 'trian'"),
         (["train", "imgs.yaml"], "empty: no .png/.jpg/.jpeg images found"),
+        (["train", "idx.yaml"], "images.idx: not an IDX file (magic bytes 00000703)"),
+        (["train", "broken.yaml"], "b.png: cannot decode image"),
         (["eval", "nosuchrun"], "run 'nosuchrun': no such run"),
         (["data", "fetch", "mnist"], "unknown name 'mnist'"),
     ]
@@ -88,3 +97,10 @@ def test_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 1, (args, done.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, done.stderr)
+    assert tree_hashes(tmp_path) == before  # no run folder was made, no user file was touched
+
+
+def test_data_info_describes_the_builtin_set():
+    code, output = invoke("data", "info", "fashion-mnist")
+    info = json.loads(output)
+    assert code == 0 and info["train"] == 55000 and info["test"] == 10000 and info["classes"] == 10

@@ -1,7 +1,13 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from conftest import tiny_config
@@ -96,3 +102,32 @@ def test_batch_stream_is_a_function_of_the_index():
     assert len(set(epoch0.tolist())) == 96  # no repeats within an epoch (last partial batch dropped)
     with pytest.raises(GenscaleError, match="train.batch_size: 101 exceeds the 100 training examples"):
         BatchStream(data, 101, seed=0)
+
+
+
+def test_sigkilled_process_resumes_to_identical_weights(tmp_path):
+    """A real kill -9 mid-run: the atomic checkpoints survive and resume ends where an uninterrupted run does."""
+    cfg = tiny_config(train__steps=600, train__checkpoint_every=25, train__log_every=25,
+                      eval__on_train_end=False)
+    reference_dir = train(cfg)
+    reference = final_tensors(reference_dir)
+
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    proc = subprocess.Popen([sys.executable, "-m", "genscale.cli", "train", str(config)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir, deadline = None, time.monotonic() + 120
+    while run_dir is None and proc.poll() is None and time.monotonic() < deadline:
+        for p in (tmp_path / "runs").glob("*/checkpoints/latest.json"):
+            if p.parent.parent != reference_dir and latest_step(p.parent) >= 100:
+                run_dir = p.parent.parent
+        time.sleep(0.02)
+    assert run_dir is not None and proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 100 <= latest_step(run_dir / "checkpoints") < 600
+
+    resumed = final_tensors(train(resume=run_dir.name))
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
