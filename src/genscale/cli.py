@@ -58,11 +58,14 @@ def data_fetch(name: Annotated[str, typer.Argument(help="fashion-mnist, or fid-i
 def data_info(name: Annotated[str, typer.Argument(help="fashion-mnist, or a run config YAML")]):
     """Sizes, shape, classes and content version of a dataset (a built-in name or a config's data section)."""
     from genscale.config import RunConfig, load_config
+    from genscale.data.builtin import BUILTIN_IMAGE_DATASETS
     from genscale.data.datasets import load_image_data
 
-    cfg = load_config(name) if name.endswith((".yaml", ".yml")) else RunConfig.model_validate(
-        {"data": {"source": name}}) if name == "fashion-mnist" else None
-    if cfg is None:
+    if name.endswith((".yaml", ".yml")):
+        cfg = load_config(name)
+    elif name in BUILTIN_IMAGE_DATASETS:
+        cfg = RunConfig.model_validate({"data": {"source": name}})
+    else:
         raise GenscaleError(f"data info: '{name}' is neither a built-in dataset nor a .yaml config")
     s = load_image_data(cfg.data)
     out.print(json.dumps({"name": s.name, "version": s.version, "image_shape": s.image_shape,
