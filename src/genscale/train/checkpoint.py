@@ -53,7 +53,7 @@ def save_checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor], s
     """Write step_<step>.{safetensors,json}, then point latest.json at them; keep the last KEEP_LAST."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"step_{step:07d}"
-    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}  # serialised at once: no copy needed
     atomic_write_bytes(stem.with_suffix(".safetensors"), save_safetensors(cpu))
     atomic_write_bytes(stem.with_suffix(".json"), json.dumps({"step": step, **sidecar}, indent=1).encode())
     atomic_write_bytes(folder / "latest.json", json.dumps({"step": step}).encode())
