@@ -18,6 +18,9 @@ app = typer.Typer(help="Train, evaluate and sample generative models; measure wh
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Built-in datasets and weights: fetch and describe.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+study_app = typer.Typer(help="Studies: grids of runs over data, model size and compute; fits, report, verdict.",
+                        no_args_is_help=True)
+app.add_typer(study_app, name="study")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -133,6 +136,53 @@ def runs(limit: Annotated[int, typer.Option(help="rows to show")] = 20,
                       f"{m['flops']:.3g}" if "flops" in m else "-",
                       " ".join(f"{k}={v:.3g}" for k, v in sorted(shown.items())) or "-", t.get("gate", "-"))
     (out if out.is_terminal else Console(width=250)).print(table)  # piped: do not squeeze to 80 columns
+
+
+def _finish_study(analysis: dict, study_dir: Path) -> None:
+    out.print(f"\n[bold]verdict:[/] {analysis['verdict']['sentence']}", highlight=False)
+    if analysis["failed"]:
+        out.print(f"{len(analysis['failed'])} trial(s) failed; see their error.json, or rerun them with "
+                  f"`genscale study resume {study_dir}`", highlight=False)
+    out.print(f"report: {study_dir / 'report.html'}  (Markdown: {study_dir / 'report.md'})", highlight=False)
+
+
+@study_app.command("run")
+@friendly
+def study_run(study: Annotated[Path, typer.Argument(help="study YAML (configs/study-*.yaml)")],
+              workers: Annotated[int | None, typer.Option(help="trials at once on a local Ray "
+                                                                 "(default: CPU cores / cpus_per_trial)")] = None,
+              ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster "
+                                                                     "(the study folder must be shared)")] = None,
+              out_dir: Annotated[Path | None, typer.Option("--out", help="study folder to create")] = None):
+    """Check and expand a study, run its trials in parallel on Ray, fit scaling laws, write the report."""
+    from genscale.study.execute import create_study, run_study
+
+    if workers is not None and workers < 1:
+        raise GenscaleError(f"--workers: must be at least 1, got {workers}")
+    study_dir = create_study(study, out_dir)
+    _finish_study(run_study(study_dir, workers=workers, ray_address=ray_address), study_dir)
+
+
+@study_app.command("resume")
+@friendly
+def study_resume(folder: Annotated[Path, typer.Argument(help="study folder (runs/studies/...)")],
+                 workers: Annotated[int | None, typer.Option(help="trials at once on a local Ray")] = None,
+                 ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster")] = None):
+    """Run the study's unfinished and failed trials (in-flight ones continue from their checkpoints), then report."""
+    from genscale.study.execute import run_study
+
+    if workers is not None and workers < 1:
+        raise GenscaleError(f"--workers: must be at least 1, got {workers}")
+    _finish_study(run_study(folder, workers=workers, ray_address=ray_address), folder)
+
+
+@study_app.command("report")
+@friendly
+def study_report(folder: Annotated[Path, typer.Argument(help="study folder (runs/studies/...)")]):
+    """Refit and rewrite the report from the trials finished so far; trains nothing."""
+    from genscale.study.analysis import analyse_study
+
+    _finish_study(analyse_study(folder), folder)
 
 
 def main() -> None:

@@ -44,6 +44,12 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: in
     return path
 
 
+def tracked_run_id(run_dir: Path) -> str:
+    """The MLflow run id of a run folder: recorded in tracking.json, else the folder's name."""
+    path = run_dir / "tracking.json"
+    return json.loads(path.read_text())["run_id"] if path.exists() else run_dir.name
+
+
 def load_run(run: str) -> tuple[Path, RunConfig]:
     run_dir = resolve_run_dir(run)
     return run_dir, config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()),
@@ -95,10 +101,13 @@ def print_results(records: dict[str, dict], gate: GateResult) -> None:
         results.print(f"  - {reason}")
 
 
-def train(cfg: RunConfig | None = None, *, resume: str | None = None) -> Path:
+def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: Path | None = None,
+          tags: dict[str, str] | None = None) -> Path:
     """Train a new run from `cfg`, or continue run `resume` from its latest checkpoint; returns the run folder.
 
-    The data and device are checked before a run is recorded, so bad input leaves no half-made run behind.
+    A new run's folder is `<runs>/<MLflow run id>` unless `run_dir` is given (a study puts its trials in its own
+    folder); `tags` are added to the MLflow run. The data and device are checked before a run is recorded, so
+    bad input leaves no half-made run behind.
     """
     if resume:
         run_dir, cfg = load_run(resume)
@@ -107,11 +116,13 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None) -> Path:
     splits = load_image_data(cfg.data)
     preset(cfg.model.arch, cfg.model.size)
     if resume:
-        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_id=run_dir.name)
+        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_id=tracked_run_id(run_dir))
     else:
         tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_name=cfg.name,
-                          tags={"family": cfg.model.family, "arch": cfg.model.arch})
-        run_dir = runs_dir() / tracker.run_id
+                          tags={"family": cfg.model.family, "arch": cfg.model.arch, **(tags or {})})
+        run_dir = run_dir or runs_dir() / tracker.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "tracking.json", json.dumps({"run_id": tracker.run_id}).encode())
         write_config(cfg, run_dir)
         tracker.log_params(cfg.model_dump(mode="json"))
         tracker.log_artifact(run_dir / "config.yaml")
@@ -152,7 +163,7 @@ def evaluate_run(run: str, *, extractor: str | None = None, n: int | None = None
     device = select_device(cfg.train.device)
     splits = load_image_data(cfg.data)
     g = load_generator(run_dir, cfg, device)
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_id=run_dir.name)
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_id=tracked_run_id(run_dir))
     try:
         records, gate = evaluate_and_gate(cfg, run_dir, splits, g, device, tracker, cfg.train.steps)
     finally:

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from genscale.config import EvalConfig
+from genscale.config import EvalConfig, RunConfig
 from genscale.data.datasets import DataSplits, nested_subset
 from genscale.metrics.image import (
     KEY_FID,
@@ -33,6 +33,17 @@ class FeatureExtractor(Protocol):
     metric_suffix: str  # appended to metric keys: "_fmnist" -> fid_fmnist
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+# Metric names each extractor produces (the inception extractor has no class logits, hence no IS).
+EXTRACTOR_METRICS = {"fmnist-classifier": (KEY_FID + "_fmnist", KEY_KID + "_fmnist", KEY_IS + "_fmnist"),
+                     "inception": (KEY_FID, KEY_KID)}
+LOWER_IS_BETTER = (KEY_FID, KEY_KID)
+
+
+def produced_metrics(cfg: RunConfig) -> set[str]:
+    """Names of the metrics a run with this config records at the end of training."""
+    return set(EXTRACTOR_METRICS[cfg.eval.extractor])
 
 
 def make_extractor(splits: DataSplits, cfg: EvalConfig, device: torch.device) -> FeatureExtractor:

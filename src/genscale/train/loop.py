@@ -149,6 +149,16 @@ def fit(cfg: RunConfig, run_dir: Path, splits: DataSplits, tracker: Tracker | No
     return run, counters
 
 
+def measure_flops_per_step(cfg: RunConfig, image_shape: tuple[int, int, int]) -> int:
+    """FLOPs of one training step of this config (counted on the CPU, as the loop counts its first step)."""
+    device = torch.device("cpu")
+    run = build_gan_run(cfg, image_shape, device)
+    step_fn = GanStep(run.g, run.d, run.opt_g, run.opt_d, cfg.model.loss, cfg.model.z_dim, cfg.model.gp_weight,
+                      run.noise)
+    reals = [torch.zeros(cfg.train.batch_size, *image_shape) for _ in range(cfg.train.d_steps)]
+    return count_flops(lambda: step_fn(reals, autocast_for(device, "fp32")))[1]
+
+
 def run_summary(cfg: RunConfig, splits: DataSplits, run: GanRun, counters: dict[str, Any],
                 device: torch.device) -> dict[str, Any]:
     """What a study needs of a trial: unique examples D, parameters N, FLOPs C, epochs, time, device."""

@@ -1,0 +1,1 @@
+"""Studies: grids of ordinary runs over axes, scaling-law fits, a verdict and a report."""

@@ -1,0 +1,271 @@
+"""Create a study folder from a study YAML, run its trials on Ray, and resume it after a crash or kill.
+
+Layout of a study folder (`<runs>/studies/<name>-<time>/`):
+  study.yaml            the study file as given          plan.json   trials, resolved configs, parent run id
+  trials/<id>/          an ordinary run folder per trial (config.yaml, checkpoints/, metrics.json, samples.png)
+  trials/<id>/result.json   written last, atomically: the trial is done   trials/<id>/error.json   it failed
+  report.html, report.md, analysis.json
+
+Each trial runs in a fresh Ray worker process (`max_calls=1`), so a crash in one never takes down the study
+or another trial; `resume` reruns every trial without a result, and in-flight trials continue from their
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genscale.config import RunConfig
+from genscale.errors import GenscaleError
+from genscale.paths import atomic_write_bytes, cache_dir, runs_dir
+from genscale.study.spec import Trial, check_data_sizes, check_metric, expand_grid, load_study
+from genscale.ui import console, progress
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
+
+
+def read_plan(study_dir: Path) -> dict[str, Any]:
+    path = Path(study_dir) / "plan.json"
+    if not path.exists():
+        raise GenscaleError(f"{study_dir}: not a study folder (no plan.json)")
+    return json.loads(path.read_text())
+
+
+def create_study(path: str | Path, out: Path | None = None) -> Path:
+    """Expand and check the study, then write its folder; nothing trains here, so bad input costs nothing."""
+    from genscale.data.datasets import load_image_data
+    from genscale.train.loop import measure_flops_per_step
+
+    study, base = load_study(path)
+    origin = str(path)
+    trials = expand_grid(study, base, origin)
+    check_metric(study, trials, origin)
+    full = load_image_data(trials[0].config.data.model_copy(update={"size": None}))
+    check_data_sizes(trials, len(full.full_train), origin)
+    flops_axis = [a for a in study.axes if a == "train.flops"]
+    for t in trials:  # a FLOP budget becomes a step count: budget / counted FLOPs of one step
+        if flops_axis:
+            per_step = measure_flops_per_step(t.config, full.image_shape)
+            t.config.train.steps = max(1, round(float(t.axes["train.flops"]) / per_step))
+    operating_size = study.operating_point.data_size or len(full.full_train)
+    if operating_size > len(full.full_train):
+        raise GenscaleError(f"{origin}: operating_point.data_size {operating_size} is larger than the dataset's "
+                            f"{len(full.full_train)} training examples")
+
+    from genscale.tracking import Tracker
+
+    cfg0 = trials[0].config
+    parent = Tracker(cfg0.tracking.uri, cfg0.tracking.experiment, run_name=study.name,
+                     tags={"genscale.study": study.name, "family": cfg0.model.family, "arch": cfg0.model.arch})
+    study_dir = out or runs_dir() / "studies" / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if study_dir.exists() and any(study_dir.iterdir()):
+        raise GenscaleError(f"{study_dir}: folder exists and is not empty; resume it with `genscale study resume`")
+    (study_dir / "trials").mkdir(parents=True, exist_ok=True)
+    (study_dir / "study.yaml").write_text(Path(path).read_text())
+    plan = {"name": study.name, "study": study.model_dump(mode="json"), "parent_run_id": parent.run_id,
+            "dataset": full.name, "dataset_version": full.version, "full_data_size": len(full.full_train),
+            "operating_data_size": operating_size,
+            "trials": [{"id": t.id, "axes": t.axes, "config": t.config.model_dump(mode="json")} for t in trials]}
+    _write_json(study_dir / "plan.json", plan)
+    parent.log_params({"study": study.model_dump(mode="json")})
+    parent.set_tags({"study.folder": str(study_dir.absolute()), "study.trials": len(trials)})
+    parent.client.update_run(parent.run_id, status="SCHEDULED")
+    return study_dir
+
+
+def trials_of(plan: dict[str, Any]) -> list[Trial]:
+    return [Trial(t["id"], t["axes"], RunConfig.model_validate(t["config"])) for t in plan["trials"]]
+
+
+def trial_status(study_dir: Path, trial_id: str) -> str:
+    folder = study_dir / "trials" / trial_id
+    if (folder / "result.json").exists():
+        return "done"
+    if (folder / "error.json").exists():
+        return "failed"
+    return "running" if (folder / "config.yaml").exists() else "pending"
+
+
+def _redirect_output(path: Path) -> None:
+    """Send this (dedicated) worker process's stdout and stderr, C level included, to the trial's log."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[str, Any]:
+    """Run (or continue) one trial to the end; returns its result, or {'error': ...} if it failed.
+
+    Runs inside its own Ray worker process. The result is written last, so a trial with a result.json is
+    complete; anything else is rerun by `resume`, continuing from the trial's own checkpoints.
+    """
+    os.environ.update(env)
+    from genscale.pipeline import train, tracked_run_id
+
+    folder = Path(study_dir) / "trials" / trial_id
+    folder.mkdir(parents=True, exist_ok=True)
+    _redirect_output(folder / "log.txt")
+    plan = read_plan(Path(study_dir))
+    entry = next(t for t in plan["trials"] if t["id"] == trial_id)
+    started = time.time()
+    try:
+        if (folder / "config.yaml").exists():
+            train(resume=str(folder))
+        else:
+            cfg = RunConfig.model_validate(entry["config"])
+            train(cfg, run_dir=folder, tags={"mlflow.parentRunId": plan["parent_run_id"],
+                                             "genscale.study": plan["name"], "genscale.trial": trial_id})
+    except BaseException as e:  # noqa: BLE001  every failure is recorded; the study goes on
+        error = {"trial": trial_id, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        _write_json(folder / "error.json", error)
+        return error
+    summary = json.loads((folder / "summary.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    cfg = RunConfig.model_validate(entry["config"])
+    result = {
+        "trial": trial_id, "axes": entry["axes"], "run_id": tracked_run_id(folder),
+        "D": summary["data_size"], "N": summary["params_g"] + summary["params_d"],
+        "params_g": summary["params_g"], "params_d": summary["params_d"], "C": summary["flops"],
+        "steps": summary["steps"], "examples_seen": summary["steps"] * cfg.train.batch_size * cfg.train.d_steps,
+        "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
+        "wall_seconds": time.time() - started, "device": summary["device"],
+        "dataset": summary["dataset"], "dataset_version": summary["dataset_version"],
+        "metrics": {k: v["value"] for k, v in metrics.items()},
+        "extractor": next(v["extractor"] for v in metrics.values()),
+    }
+    _write_json(folder / "result.json", result)
+    return result
+
+
+def prepare_evaluation(trial: Trial) -> None:
+    """Train/cache the feature extractor and the reference features once, before trials race to do it."""
+    from genscale.data.datasets import load_image_data
+    from genscale.metrics.evaluate import make_extractor, reference_features
+    from genscale.train.machinery import select_device
+
+    cfg = trial.config
+    splits = load_image_data(cfg.data)
+    extractor = make_extractor(splits, cfg.eval, select_device(cfg.train.device))
+    reference_features(extractor, splits, min(cfg.eval.n_samples, len(splits.test)), cfg.eval.batch_size)
+
+
+def _start_ray(workers: int, cpus_per_trial: float, gpus_per_trial: float, address: str | None):
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, private instance: no token to manage
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
+                              "configure_logging": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:  # exactly `workers` trials fit at once
+        ray.init(num_cpus=max(1, round(workers * cpus_per_trial)), num_gpus=round(workers * gpus_per_trial),
+                 object_store_memory=100 * 1024**2, **kwargs)
+    return ray
+
+
+def run_study(study_dir: Path, *, workers: int | None = None, ray_address: str | None = None) -> dict[str, Any]:
+    """Run every trial that has no result yet, then fit and report. Returns the analysis."""
+    from genscale.study.analysis import analyse_study
+    from genscale.tracking import Tracker
+
+    study_dir = Path(study_dir).absolute()
+    plan = read_plan(study_dir)
+    trials = trials_of(plan)
+    res = plan["study"]["resources"]
+    workers = workers or max(1, int((os.cpu_count() or 1) // res["cpus_per_trial"]))
+    pending = [t for t in trials if trial_status(study_dir, t.id) != "done"]
+    cfg0 = trials[0].config
+    parent = Tracker(cfg0.tracking.uri, cfg0.tracking.experiment, run_id=plan["parent_run_id"])
+    console.print(f"study {plan['name']}: {len(trials)} trials, {len(trials) - len(pending)} already done, "
+                  f"{len(pending)} to run on {workers if not ray_address else 'the cluster'} "
+                  f"{'worker' if workers == 1 else 'workers'}  ({study_dir})")
+    if pending:
+        with console.status("preparing the feature extractor and reference features (cached after first use)"):
+            prepare_evaluation(pending[0])
+        for t in pending:  # a failed trial starts again from its checkpoints
+            (study_dir / "trials" / t.id / "error.json").unlink(missing_ok=True)
+        _run_on_ray(study_dir, pending, workers, res, ray_address)
+    analysis = analyse_study(study_dir)
+    parent.log_metrics({k: v for k, v in analysis["summary_metrics"].items() if v is not None}, 0)
+    parent.set_tags({"study.verdict": analysis["verdict"]["sentence"][:5000]})
+    for name in ("report.html", "report.md", "analysis.json"):
+        parent.log_artifact(study_dir / name)
+    failed = [t.id for t in trials if trial_status(study_dir, t.id) == "failed"]
+    parent.finish("FAILED" if len(failed) == len(trials) else "FINISHED")
+    return analysis
+
+
+def _run_on_ray(study_dir: Path, pending: list[Trial], workers: int, res: dict[str, float],
+                ray_address: str | None) -> None:
+    ray = _start_ray(workers, res["cpus_per_trial"], res["gpus_per_trial"], ray_address)
+    env = {"GENSCALE_RUNS": str(runs_dir().absolute()), "GENSCALE_CACHE": str(cache_dir().absolute()),
+           "OMP_NUM_THREADS": str(max(1, int(res["cpus_per_trial"])))}
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    remote = ray.remote(num_cpus=res["cpus_per_trial"], num_gpus=res["gpus_per_trial"], max_calls=1,
+                        max_retries=0)(execute_trial)
+    try:
+        futures = {remote.remote(str(study_dir), t.id, env): t for t in pending}
+        failed = 0
+        with progress(transient=False) as bar:
+            task = bar.add_task(f"study trials ({len(pending)})", total=len(pending))
+            while futures:
+                ready, _ = ray.wait(list(futures), num_returns=1)
+                trial = futures.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except Exception as e:  # the worker process itself died (segfault, OOM kill, ...)
+                    result = {"trial": trial.id, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+                    _write_json(study_dir / "trials" / trial.id / "error.json", result)
+                axes = " ".join(f"{k}={v}" for k, v in trial.axes.items())
+                if "error" in result:
+                    failed += 1
+                    bar.console.print(f"[red]✗[/] {trial.id}  {axes}: {result['error'].splitlines()[0][:200]}",
+                                      highlight=False)
+                else:
+                    shown = " ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items())
+                    bar.console.print(f"[green]✓[/] {trial.id}  {axes}: {shown}  ({result['wall_seconds']:.0f} s)",
+                                      highlight=False)
+                bar.update(task, advance=1, description=f"study trials ({len(pending)}, {failed} failed)")
+    finally:
+        ray.shutdown()
+
+
+def clean_study(study_dir: Path) -> None:
+    shutil.rmtree(study_dir, ignore_errors=True)
+
+
+def load_results(study_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(results of done trials, errors of failed trials), in plan order."""
+    plan = read_plan(study_dir)
+    done, failed = [], []
+    for t in plan["trials"]:
+        folder = study_dir / "trials" / t["id"]
+        if (folder / "result.json").exists():
+            done.append(json.loads((folder / "result.json").read_text()))
+        elif (folder / "error.json").exists():
+            failed.append(json.loads((folder / "error.json").read_text()))
+    return done, failed
+
+
+def study_config_text(study_dir: Path) -> str:
+    return (study_dir / "study.yaml").read_text()
+
+
+def base_config_yaml(plan: dict[str, Any]) -> str:
+    return yaml.safe_dump(plan["trials"][0]["config"], sort_keys=False)

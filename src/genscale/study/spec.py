@@ -1,0 +1,190 @@
+"""A study YAML: a base run config, axes to vary, the metric to fit and the operating point of the verdict.
+
+`plan_study` expands the grid into trials (one resolved RunConfig each) and checks everything that can be
+checked before any training starts: axis names and values, data sizes against the dataset, the metric.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from genscale.config import RunConfig, Strict, _format_error
+from genscale.errors import GenscaleError
+from genscale.metrics.evaluate import LOWER_IS_BETTER, produced_metrics
+
+# Axes with a meaning beyond "set this config key"; any other run-config key (e.g. train.lr_d) is an axis too.
+ALIASES = {"seed": "train.seed"}
+NOT_BUILT = {
+    "data.augment": "augmentation arrives with the data pipeline (issue 4)",
+    "data.clean": "raw-vs-cleaned data arrives with the data pipeline (issue 4)",
+    "init_from": "pretrained initialisation arrives with the text models (issue 5)",
+    "train.gpus": "data-parallel training (DDP) is not built yet; each trial uses one device",
+}
+FORBIDDEN = {"eval.extractor": "every trial of a study must use one feature extractor (never mix them)",
+             "name": "trials are named by the study", "tracking.uri": "a study tracks to one store",
+             "tracking.experiment": "a study tracks to one experiment"}
+
+
+class OperatingPoint(Strict):
+    data_size: int | None = Field(None, ge=1)  # unique examples D0 of the verdict; None: the full training split
+    flops: float | None = Field(None, gt=0)  # compute budget C0 of the verdict; None: the largest trial's FLOPs
+
+
+class FitConfig(Strict):
+    bootstrap: int = Field(200, ge=10)  # refits on resampled trials for the intervals
+    level: float = Field(0.9, gt=0, lt=1)  # interval coverage
+    max_extrapolation: float = Field(4.0, ge=1)  # predictions at most this factor beyond the observed range
+    data_constrained: Literal["auto", "on", "off"] = "auto"  # Muennighoff et al. 2023 form; auto: if epochs > 1
+    r_star: float | None = Field(None, gt=0)  # R_D* of that form; None: fitted on a grid
+    seed: int = 0  # bootstrap resampling seed
+
+
+class Resources(Strict):
+    cpus_per_trial: float = Field(1, gt=0)  # Ray packs trials by these; torch uses this many threads
+    gpus_per_trial: float = Field(0, ge=0)
+
+
+class StudyConfig(Strict):
+    name: str = "study"
+    base: str | None = None  # run config YAML the trials start from, relative to the study file
+    run: dict[str, Any] = {}  # run-config keys set on top of `base` (nested, as in a run config)
+    axes: dict[str, list[Any]]  # axis -> values; the grid is their product, in this order
+    metric: str = "fid_fmnist"  # lower-is-better metric the laws are fitted to
+    operating_point: OperatingPoint = OperatingPoint()
+    fit: FitConfig = FitConfig()
+    resources: Resources = Resources()
+
+
+@dataclass
+class Trial:
+    id: str
+    axes: dict[str, Any]  # axis -> value of this trial
+    config: RunConfig
+
+
+def _set(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    *parents, last = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]", "_", f"{value:g}" if isinstance(value, float) else str(value))
+
+
+def _known_key(key: str) -> bool:
+    model: Any = RunConfig
+    for part in key.split("."):
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return False
+        model = fields[part].annotation
+    return True
+
+
+def load_study(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
+    """The study config and its base run config as a raw dict (base file + `run` keys)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise GenscaleError(f"{path}: cannot read study ({e.strerror})") from None
+    except yaml.YAMLError:
+        raise GenscaleError(f"{path}: invalid YAML") from None
+    if not isinstance(raw, dict):
+        raise GenscaleError(f"{path}: top level must be a mapping of keys")
+    try:
+        study = StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise GenscaleError(_format_error(e, str(path))) from None
+    base: dict[str, Any] = {}
+    if study.base:
+        base_path = (path.parent / study.base)
+        try:
+            base = yaml.safe_load(base_path.read_text()) or {}
+        except OSError as e:
+            raise GenscaleError(f"{path}: base '{study.base}': cannot read ({e.strerror})") from None
+    _merge(base, copy.deepcopy(study.run))
+    base["name"] = study.name
+    return study, base
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def expand_grid(study: StudyConfig, base: dict[str, Any], origin: str = "study") -> list[Trial]:
+    """One Trial per point of the axes' product; axis names and values are checked here."""
+    if not study.axes:
+        raise GenscaleError(f"{origin}: 'axes' is empty; give at least one axis with values")
+    keys = {}
+    for axis, values in study.axes.items():
+        if axis in NOT_BUILT:
+            raise GenscaleError(f"{origin}: axis '{axis}' is not available: {NOT_BUILT[axis]}")
+        key = ALIASES.get(axis, axis)
+        if key in FORBIDDEN:
+            raise GenscaleError(f"{origin}: axis '{axis}' cannot vary: {FORBIDDEN[key]}")
+        if key != "train.flops" and not _known_key(key):
+            raise GenscaleError(f"{origin}: unknown axis '{axis}' (use data.size, model.size, train.steps, "
+                                "train.flops, seed, or another run-config key such as train.lr_d)")
+        if not values:
+            raise GenscaleError(f"{origin}: axis '{axis}' has no values")
+        if len(set(map(str, values))) != len(values):
+            raise GenscaleError(f"{origin}: axis '{axis}' repeats a value: {values}")
+        keys[axis] = key
+    if "train.steps" in keys.values() and "train.flops" in keys.values():
+        raise GenscaleError(f"{origin}: give train.steps or train.flops as an axis, not both")
+    trials = []
+    for i, point in enumerate(itertools.product(*study.axes.values())):
+        raw = copy.deepcopy(base)
+        axes = dict(zip(study.axes, point, strict=True))
+        for axis, value in axes.items():
+            if keys[axis] == "train.flops":
+                if not isinstance(value, int | float) or value <= 0:
+                    raise GenscaleError(f"{origin}: axis 'train.flops': {value!r} is not a positive number")
+                continue  # resolved to steps by plan_study, once the model is known
+            _set(raw, keys[axis], value)
+        trial_id = f"t{i:03d}-" + "-".join(f"{a.split('.')[-1]}={_slug(v)}" for a, v in axes.items())
+        raw["name"] = f"{study.name}/{trial_id}"
+        try:
+            cfg = RunConfig.model_validate(raw)
+        except ValidationError as e:
+            raise GenscaleError(_format_error(e, f"{origin}: trial {trial_id}")) from None
+        trials.append(Trial(trial_id, axes, cfg))
+    return trials
+
+
+def check_metric(study: StudyConfig, trials: list[Trial], origin: str = "study") -> None:
+    for t in trials:
+        produced = produced_metrics(t.config)
+        if study.metric not in produced:
+            raise GenscaleError(f"{origin}: metric '{study.metric}' is not produced by trial {t.id} "
+                                f"({t.config.model.family} with {t.config.eval.extractor}: "
+                                f"{', '.join(sorted(produced))})")
+        if not t.config.eval.on_train_end:
+            raise GenscaleError(f"{origin}: eval.on_train_end must be true: trials are evaluated as they end")
+    if study.metric.split("_")[0] not in LOWER_IS_BETTER:
+        raise GenscaleError(f"{origin}: metric '{study.metric}' is higher-is-better; scaling laws are fitted "
+                            f"to a lower-is-better metric ({', '.join(LOWER_IS_BETTER)} with the extractor's suffix)")
+
+
+def check_data_sizes(trials: list[Trial], full_size: int, origin: str = "study") -> None:
+    for t in trials:
+        size = t.config.data.size
+        if size is not None and size > full_size:
+            raise GenscaleError(f"{origin}: trial {t.id}: data.size {size} is larger than the dataset's "
+                                f"{full_size} training examples")
