@@ -34,10 +34,9 @@ setup: $(VENV)/.installed $(GENSCALE_CACHE)/.system-data
 test: setup
 	$(BIN)/python -m pytest
 
+# The demo study: 12 DCGAN trials over data size x training steps, fitted laws, a report and a verdict.
 demo: setup
-	$(BIN)/genscale train configs/dcgan-fmnist.yaml
-	$(BIN)/genscale sample latest -n 64 -o out/demo-samples.png
-	$(BIN)/genscale runs --limit 5
+	$(BIN)/genscale study run configs/study-demo-image.yaml --workers 2
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks

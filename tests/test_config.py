@@ -6,7 +6,9 @@ from genscale.config import RunConfig, load_config
 from genscale.errors import GenscaleError
 from genscale.models.gan import PRESETS
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+ALL = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+CONFIGS = [p for p in ALL if not p.name.startswith("study-")]
+STUDIES = [p for p in ALL if p.name.startswith("study-")]
 
 
 def test_there_are_shipped_configs():
@@ -18,6 +20,16 @@ def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert isinstance(cfg, RunConfig)
     assert cfg.model.size in PRESETS[cfg.model.arch]
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_every_shipped_study_expands_and_checks(path):
+    from genscale.study.spec import check_metric, expand_grid, load_study
+
+    study, base = load_study(path)
+    trials = expand_grid(study, base, str(path))
+    check_metric(study, trials, str(path))
+    assert len(trials) >= 4 and all(t.config.model.size in PRESETS[t.config.model.arch] for t in trials)
 
 
 def write(tmp_path, text: str) -> Path:

@@ -70,6 +70,7 @@ def _change(law: PowerLaw, boots: list[PowerLaw], base: list[float], moved: list
 
 
 def _fmt(x: float) -> str:
+    x = x + 0.0  # no "-0"
     return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2g}"
 
 

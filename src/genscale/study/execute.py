@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from genscale.config import RunConfig
 from genscale.errors import GenscaleError
@@ -114,7 +111,7 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
     complete; anything else is rerun by `resume`, continuing from the trial's own checkpoints.
     """
     os.environ.update(env)
-    from genscale.pipeline import train, tracked_run_id
+    from genscale.pipeline import tracked_run_id, train
 
     folder = Path(study_dir) / "trials" / trial_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,7 +196,7 @@ def run_study(study_dir: Path, *, workers: int | None = None, ray_address: str |
             prepare_evaluation(pending[0])
         for t in pending:  # a failed trial starts again from its checkpoints
             (study_dir / "trials" / t.id / "error.json").unlink(missing_ok=True)
-        _run_on_ray(study_dir, pending, workers, res, ray_address)
+        _run_on_ray(study_dir, pending, workers, res, ray_address, plan["study"]["metric"])
     analysis = analyse_study(study_dir)
     parent.log_metrics({k: v for k, v in analysis["summary_metrics"].items() if v is not None}, 0)
     parent.set_tags({"study.verdict": analysis["verdict"]["sentence"][:5000]})
@@ -211,7 +208,7 @@ def run_study(study_dir: Path, *, workers: int | None = None, ray_address: str |
 
 
 def _run_on_ray(study_dir: Path, pending: list[Trial], workers: int, res: dict[str, float],
-                ray_address: str | None) -> None:
+                ray_address: str | None, metric: str) -> None:
     ray = _start_ray(workers, res["cpus_per_trial"], res["gpus_per_trial"], ray_address)
     env = {"GENSCALE_RUNS": str(runs_dir().absolute()), "GENSCALE_CACHE": str(cache_dir().absolute()),
            "OMP_NUM_THREADS": str(max(1, int(res["cpus_per_trial"])))}
@@ -238,16 +235,12 @@ def _run_on_ray(study_dir: Path, pending: list[Trial], workers: int, res: dict[s
                     bar.console.print(f"[red]✗[/] {trial.id}  {axes}: {result['error'].splitlines()[0][:200]}",
                                       highlight=False)
                 else:
-                    shown = " ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items())
-                    bar.console.print(f"[green]✓[/] {trial.id}  {axes}: {shown}  ({result['wall_seconds']:.0f} s)",
-                                      highlight=False)
+                    value = result["metrics"].get(metric, float("nan"))
+                    bar.console.print(f"[green]✓[/] {trial.id}  {axes}: {metric}={value:.4g}  "
+                                      f"({result['wall_seconds']:.0f} s)", highlight=False)
                 bar.update(task, advance=1, description=f"study trials ({len(pending)}, {failed} failed)")
     finally:
         ray.shutdown()
-
-
-def clean_study(study_dir: Path) -> None:
-    shutil.rmtree(study_dir, ignore_errors=True)
 
 
 def load_results(study_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -261,11 +254,3 @@ def load_results(study_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, 
         elif (folder / "error.json").exists():
             failed.append(json.loads((folder / "error.json").read_text()))
     return done, failed
-
-
-def study_config_text(study_dir: Path) -> str:
-    return (study_dir / "study.yaml").read_text()
-
-
-def base_config_yaml(plan: dict[str, Any]) -> str:
-    return yaml.safe_dump(plan["trials"][0]["config"], sort_keys=False)

@@ -139,7 +139,8 @@ def _law_lines(analysis: dict[str, Any]) -> list[str]:
         ci = law.get("intervals", {})
         parts = [f"{k} = {v:.4g}" + (f" [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" if k in ci else "")
                  for k, v in law["params"].items()]
-        lines.append(f"{name}: " + ", ".join(parts) + f"; R² (log) {law['r2_log']:.3f}, rmse (log) {law['rmse_log']:.3f}")
+        fit = f"R² (log) {law['r2_log']:.3f}, rmse (log) {law['rmse_log']:.3f}"
+        lines.append(f"{name}: " + ", ".join(parts) + f"; {fit}")
     for name, why in analysis["skipped"].items():
         lines.append(f"{name}: not fitted ({why})")
     dc = analysis["data_constrained"]
@@ -153,9 +154,10 @@ def _law_lines(analysis: dict[str, Any]) -> list[str]:
     opt = analysis["compute_optimal"]
     if opt["available"]:
         lo, hi = opt["N_opt_interval"]
-        lines.append(f"Compute-optimal split at C0 = {opt['C0']:.3g}: N_opt = {opt['N_opt']:.3g} [{lo:.3g}, {hi:.3g}] "
-                     f"parameters, S_opt = {opt['S_opt']:.3g} examples processed (k = {opt['flops_per_param_example']:.3g}"
-                     " FLOPs per parameter per example)")
+        k = opt["flops_per_param_example"]
+        lines.append(f"Compute-optimal split at C0 = {opt['C0']:.3g}: N_opt = {opt['N_opt']:.3g} [{lo:.3g}, "
+                     f"{hi:.3g}] parameters, S_opt = {opt['S_opt']:.3g} examples processed (k = {k:.3g} FLOPs "
+                     "per parameter per example)")
     else:
         lines.append(f"Compute-optimal split: not estimated ({opt['reason']})")
     return lines

@@ -1,0 +1,212 @@
+"""Studies: grid expansion, nested data across trials, bad input before training, the report, and the
+kill -> resume lifecycle with a failing trial (real Ray workers, real `genscale` processes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from genscale.data.datasets import load_image_data
+from genscale.errors import GenscaleError
+from genscale.paths import runs_dir
+from genscale.study.analysis import analyse_study
+from genscale.study.execute import create_study, read_plan
+from genscale.study.spec import expand_grid, load_study
+from genscale.train.loop import measure_flops_per_step
+
+GENSCALE = [sys.executable, "-m", "genscale.cli"]
+TINY_RUN = {
+    "data": {"source": "fashion-mnist", "size": 256},
+    "model": {"arch": "gan-mlp", "size": "tiny"},
+    "train": {"steps": 12, "batch_size": 32, "checkpoint_every": 4, "log_every": 3, "device": "cpu",
+              "ema_decay": 0.0},
+    "eval": {"n_samples": 200, "kid_subsets": 5, "kid_subset_size": 100,
+             "classifier": {"epochs": 1, "train_size": 2000}},
+}
+
+
+def write_study(folder: Path, **fields) -> Path:
+    study = {"name": "tiny-study", "run": TINY_RUN, "axes": {"data.size": [64, 128], "seed": [0, 1]},
+             "metric": "fid_fmnist", "fit": {"bootstrap": 20}, **fields}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def test_grid_expands_in_axis_order_with_overrides_applied(tmp_path):
+    study, base = load_study(write_study(tmp_path))
+    trials = expand_grid(study, base)
+    assert [t.axes for t in trials] == [{"data.size": 64, "seed": 0}, {"data.size": 64, "seed": 1},
+                                        {"data.size": 128, "seed": 0}, {"data.size": 128, "seed": 1}]
+    assert [(t.config.data.size, t.config.train.seed) for t in trials] == [(64, 0), (64, 1), (128, 0), (128, 1)]
+    assert len({t.id for t in trials}) == 4 and trials[3].config.name == f"tiny-study/{trials[3].id}"
+    assert all(t.config.model.arch == "gan-mlp" and t.config.train.steps == 12 for t in trials)
+
+
+def test_base_file_is_read_relative_to_the_study_and_run_keys_override_it(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**TINY_RUN, "train": {**TINY_RUN["train"], "lr_d": 1e-3}}))
+    path = write_study(tmp_path, base="base.yaml", run={"train": {"steps": 7}})
+    study, base = load_study(path)
+    cfg = expand_grid(study, base)[0].config
+    assert (cfg.train.steps, cfg.train.lr_d, cfg.model.arch) == (7, 1e-3, "gan-mlp")
+
+
+def test_trials_train_on_nested_subsets(tmp_path):
+    study, base = load_study(write_study(tmp_path, axes={"data.size": [64, 128, 256]}))
+    sets = []
+    for t in expand_grid(study, base):
+        x = load_image_data(t.config.data).train.x.numpy()
+        sets.append({hashlib.sha256(row.tobytes()).hexdigest() for row in x})
+    assert [len(s) for s in sets] == [64, 128, 256]
+    assert sets[0] < sets[1] < sets[2]
+
+
+def test_flops_axis_resolves_to_steps_from_counted_flops(tmp_path):
+    study_dir = create_study(write_study(tmp_path, axes={"train.flops": [2e9, 4e9]}), tmp_path / "s")
+    plan = read_plan(study_dir)
+    cfg = expand_grid(*load_study(tmp_path / "study.yaml"))[0].config
+    per_step = measure_flops_per_step(cfg, (1, 28, 28))
+    assert [t["config"]["train"]["steps"] for t in plan["trials"]] == [round(2e9 / per_step), round(4e9 / per_step)]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"axes": {"train.stepz": [1, 2]}}, "unknown axis 'train.stepz'"),
+    ({"axes": {"data.size": []}}, "axis 'data.size' has no values"),
+    ({"axes": {}}, "'axes' is empty"),
+    ({"axes": {"data.size": [64, 10**6]}}, "data.size 1000000 is larger than the dataset's 55000"),
+    ({"metric": "bleu"}, "metric 'bleu' is not produced"),
+    ({"metric": "fid"}, "metric 'fid' is not produced"),  # the inception name, with the classifier extractor
+    ({"metric": "is_fmnist"}, "higher-is-better"),
+    ({"axes": {"data.clean": [False, True]}}, "axis 'data.clean' is not available"),
+    ({"axes": {"eval.extractor": ["inception", "fmnist-classifier"]}}, "cannot vary"),
+    ({"axes": {"data.size": ["many"]}}, "key 'data.size'"),
+    ({"axes": {"train.steps": [1], "train.flops": [1e9]}}, "not both"),
+])
+def test_bad_study_fails_before_anything_runs(tmp_path, fields, message):
+    with pytest.raises(GenscaleError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        create_study(write_study(tmp_path, **fields))
+    assert not (runs_dir() / "studies").exists()
+
+
+def test_bad_study_is_one_error_line_on_the_command_line(tmp_path):
+    done = subprocess.run([*GENSCALE, "study", "run", str(write_study(tmp_path, axes={"model.depth": [1]}))],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'study.yaml'}: unknown axis 'model.depth' "
+                                                "(use data.size, model.size, train.steps, train.flops, seed, or "
+                                                "another run-config key such as train.lr_d)"]
+
+
+def _synthetic_study(folder: Path, law) -> Path:
+    """A study folder whose trials 'finished' with metrics drawn from a known law (no training)."""
+    study_path = write_study(folder, axes={"data.size": [500, 2000, 8000, 32000], "train.steps": [100, 200, 400]})
+    study, base = load_study(study_path)
+    trials = expand_grid(study, base)
+    study_dir = folder / "study"
+    (study_dir / "trials").mkdir(parents=True)
+    (study_dir / "study.yaml").write_text(study_path.read_text())
+    plan = {"name": "synthetic", "study": study.model_dump(mode="json"), "parent_run_id": "-", "dataset": "fm",
+            "dataset_version": "v", "full_data_size": 55000, "operating_data_size": 16000,
+            "trials": [{"id": t.id, "axes": t.axes, "config": t.config.model_dump(mode="json")} for t in trials]}
+    (study_dir / "plan.json").write_text(json.dumps(plan))
+    rng = np.random.default_rng(0)
+    for t in trials:
+        d, steps = t.config.data.size, t.config.train.steps
+        c = 1e9 * steps
+        fid = law(c, d) * np.exp(rng.normal(0, 0.01))
+        folder_t = study_dir / "trials" / t.id
+        folder_t.mkdir()
+        (folder_t / "result.json").write_text(json.dumps({
+            "trial": t.id, "axes": t.axes, "D": d, "N": 1000, "C": c, "steps": steps, "examples_seen": steps * 32,
+            "epochs": steps * 32 / d, "train_seconds": 1.0, "device": "cpu", "metrics": {"fid_fmnist": fid},
+            "extractor": "fmnist-classifier:test"}))
+    return study_dir
+
+
+def test_report_and_verdict_from_trials_of_a_known_law(tmp_path):
+    # Data-limited law: doubling D at D0 = 16000 helps far more than doubling C at 4e11.
+    study_dir = _synthetic_study(tmp_path, lambda c, d: 10 + 3 * (5e11 / c) ** 0.1 + 3e3 / d**0.5)
+    analysis = analyse_study(study_dir)
+    v = analysis["verdict"]
+    assert v["decision"] == "data", v["sentence"]
+    assert v["D0"] == 16000 and v["C0"] == 4e11
+    true_data = 3e3 / 32000**0.5 - 3e3 / 16000**0.5
+    lo, hi = v["data_2x"]["interval"]
+    assert lo <= true_data <= hi or v["data_2x"]["change"] == pytest.approx(true_data, rel=0.1)
+    assert v["sentence"].startswith("At 16,000 unique examples and 4e+11 FLOPs")
+    page = (study_dir / "report.html").read_text()
+    assert v["sentence"] in page.replace("&#x27;", "'") and "<table>" in page
+    assert "src=\"http" not in page and page.count("data:image/png;base64,") >= 4  # self-contained plots
+    md = (study_dir / "report.md").read_text()
+    linked = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
+    assert len(linked) >= 4 and all((study_dir / p).exists() for p in linked)
+    assert analysis["data_constrained"]["available"]  # epochs > 1 in most trials
+    assert not analysis["compute_optimal"]["available"]  # one model size
+
+
+def _results(study_dir: Path) -> dict[str, object]:
+    out = {}
+    for folder in sorted((study_dir / "trials").iterdir()):
+        if (folder / "result.json").exists():
+            out[folder.name] = json.loads((folder / "result.json").read_text())["metrics"]
+        else:
+            out[folder.name] = json.loads((folder / "error.json").read_text())["error"]
+    return out
+
+
+def test_killed_study_resumes_to_the_uninterrupted_results_and_records_failed_trials(tmp_path):
+    run = {**TINY_RUN, "train": {**TINY_RUN["train"], "steps": 300, "checkpoint_every": 50, "log_every": 25}}
+    study = write_study(tmp_path, run=run, axes={"data.size": [64, 128], "train.lr_d": [2e-4, 1e30]})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    whole = subprocess.run([*GENSCALE, "study", "run", str(study), "--workers", "2", "--out", str(tmp_path / "a")],
+                           capture_output=True, text=True, env=env)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    killed = tmp_path / "b"
+    proc = subprocess.Popen([*GENSCALE, "study", "run", str(study), "--workers", "2", "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.time() + 240
+    while not list(killed.glob("trials/*/result.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list(killed.glob("trials/*/result.json"))) < 2, "the study finished before it could be killed"
+    in_flight = {p.parent.name: json.loads(p.read_text())["run_id"] for p in killed.glob("trials/*/tracking.json")
+                 if not (p.parent / "result.json").exists() and not (p.parent / "error.json").exists()}
+
+    resumed = subprocess.run([*GENSCALE, "study", "resume", str(killed), "--workers", "2"],
+                             capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _results(tmp_path / "a"), _results(killed)
+    for trial, run_id in in_flight.items():  # continued as the same run, from its checkpoints
+        result = killed / "trials" / trial / "result.json"
+        assert not result.exists() or json.loads(result.read_text())["run_id"] == run_id
+    assert a == b  # same metrics to the last bit, same failures
+    failed = sorted(k for k, v in a.items() if isinstance(v, str))
+    assert [k.split("-", 1)[1] for k in failed] == ["size=64-lr_d=1e+30", "size=128-lr_d=1e+30"]
+    assert all("diverged" in a[k] for k in failed)
+    assert "2 trial(s) failed" in resumed.stdout and "verdict:" in resumed.stdout
+    analysis = json.loads((killed / "analysis.json").read_text())
+    assert analysis["summary_metrics"]["trials_failed"] == 2 and analysis["summary_metrics"]["trials_done"] == 2
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{runs_dir() / 'mlflow.db'}")
+    parent = read_plan(killed)["parent_run_id"]
+    children = client.search_runs([client.get_run(parent).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.data.tags["genscale.trial"] for r in children) == sorted(b)
+    done = [r for r in children if r.info.status == "FINISHED"]
+    assert {r.data.tags["genscale.trial"] for r in done} == {k for k, v in b.items() if not isinstance(v, str)}
+    assert all({"data_size", "flops", "epochs", "train_seconds", "fid_fmnist"} <= set(r.data.metrics) for r in done)
