@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genscale.study.analysis import verdict
+from genscale.study.analysis import compute_optimal, verdict
 from genscale.study.fit import (
     PowerLaw,
     bootstrap,
@@ -97,3 +97,20 @@ def test_data_constrained_fit_recovers_r_star():
     law, r_star = fit_data_constrained(unique, epochs, y)
     assert 5.0 <= r_star <= 12.0
     assert law.alpha[0] == pytest.approx(0.5, rel=0.1)
+
+
+def test_compute_optimal_split_matches_the_closed_form_of_the_true_law():
+    # L(N, S) = E + A/N^a + B/S^b with C = k N S: N_opt = G (C/k)^(b/(a+b)), G = (a A / (b B))^(1/(a+b)).
+    e, a_coef, a, b_coef, b, k = 2.0, 400.0, 0.35, 900.0, 0.4, 6.0
+    points = []
+    for n in (1e4, 3e4, 1e5, 3e5):
+        for s in (1e4, 1e5, 1e6):
+            fid = e + a_coef / n**a + b_coef / s**b
+            points.append({"N": n, "examples_seen": s, "C": k * n * s, "metrics": {"fid": fid}})
+    c0 = 1e11
+    got = compute_optimal(points, "fid", c0, {"bootstrap": 10, "seed": 0, "level": 0.9})
+    g = (a * a_coef / (b * b_coef)) ** (1 / (a + b))
+    truth = g * (c0 / k) ** (b / (a + b))
+    assert got["available"] and got["flops_per_param_example"] == pytest.approx(k)
+    assert got["N_opt"] == pytest.approx(truth, rel=0.02)
+    assert got["S_opt"] == pytest.approx(c0 / (k * truth), rel=0.02)

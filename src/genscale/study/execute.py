@@ -60,14 +60,15 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
         raise GenscaleError(f"{origin}: operating_point.data_size {operating_size} is larger than the dataset's "
                             f"{len(full.full_train)} training examples")
 
+    study_dir = out or runs_dir() / "studies" / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if study_dir.exists() and any(study_dir.iterdir()):
+        raise GenscaleError(f"{study_dir}: folder exists and is not empty; resume it with `genscale study resume`")
+
     from genscale.tracking import Tracker
 
     cfg0 = trials[0].config
     parent = Tracker(cfg0.tracking.uri, cfg0.tracking.experiment, run_name=study.name,
                      tags={"genscale.study": study.name, "family": cfg0.model.family, "arch": cfg0.model.arch})
-    study_dir = out or runs_dir() / "studies" / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if study_dir.exists() and any(study_dir.iterdir()):
-        raise GenscaleError(f"{study_dir}: folder exists and is not empty; resume it with `genscale study resume`")
     (study_dir / "trials").mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(Path(path).read_text())
     plan = {"name": study.name, "study": study.model_dump(mode="json"), "parent_run_id": parent.run_id,
