@@ -208,6 +208,34 @@ def run_study(study_dir: Path, *, workers: int | None = None, ray_address: str |
     return analysis
 
 
+def _steps_done(study_dir: Path, steps: dict[str, int], finished: set[str]) -> int:
+    total = 0
+    for trial_id, n in steps.items():
+        path = study_dir / "trials" / trial_id / "progress.json"
+        if trial_id in finished:
+            total += n
+        elif path.exists():
+            total += min(n, json.loads(path.read_text())["step"])
+    return total
+
+
+def _report_trial(ray, ref, trial: Trial, study_dir: Path, metric: str, out) -> int:
+    """Print one finished trial's line; returns 1 if it failed. A dead worker's trial is recorded as failed."""
+    try:
+        result = ray.get(ref)
+    except Exception as e:  # the worker process itself died (segfault, OOM kill, ...)
+        result = {"trial": trial.id, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+        _write_json(study_dir / "trials" / trial.id / "error.json", result)
+    axes = " ".join(f"{k}={v}" for k, v in trial.axes.items())
+    if "error" in result:
+        out.print(f"[red]✗[/] {trial.id}  {axes}: {result['error'].splitlines()[0][:200]}", highlight=False)
+        return 1
+    value = result["metrics"].get(metric, float("nan"))
+    out.print(f"[green]✓[/] {trial.id}  {axes}: {metric}={value:.4g}  ({result['wall_seconds']:.0f} s)",
+              highlight=False)
+    return 0
+
+
 def _run_on_ray(study_dir: Path, pending: list[Trial], workers: int, res: dict[str, float],
                 ray_address: str | None, metric: str) -> None:
     ray = _start_ray(workers, res["cpus_per_trial"], res["gpus_per_trial"], ray_address)
@@ -219,27 +247,20 @@ def _run_on_ray(study_dir: Path, pending: list[Trial], workers: int, res: dict[s
                         max_retries=0)(execute_trial)
     try:
         futures = {remote.remote(str(study_dir), t.id, env): t for t in pending}
+        steps = {t.id: t.config.train.steps for t in pending}
+        finished: set[str] = set()
         failed = 0
-        with progress(transient=False) as bar:
-            task = bar.add_task(f"study trials ({len(pending)})", total=len(pending))
+        with progress(transient=False) as bar:  # advances with the trials' training steps, read from progress.json
+            task = bar.add_task(f"study: {len(pending)} trials", total=sum(steps.values()),
+                                completed=_steps_done(study_dir, steps, finished))
             while futures:
-                ready, _ = ray.wait(list(futures), num_returns=1)
-                trial = futures.pop(ready[0])
-                try:
-                    result = ray.get(ready[0])
-                except Exception as e:  # the worker process itself died (segfault, OOM kill, ...)
-                    result = {"trial": trial.id, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-                    _write_json(study_dir / "trials" / trial.id / "error.json", result)
-                axes = " ".join(f"{k}={v}" for k, v in trial.axes.items())
-                if "error" in result:
-                    failed += 1
-                    bar.console.print(f"[red]✗[/] {trial.id}  {axes}: {result['error'].splitlines()[0][:200]}",
-                                      highlight=False)
-                else:
-                    value = result["metrics"].get(metric, float("nan"))
-                    bar.console.print(f"[green]✓[/] {trial.id}  {axes}: {metric}={value:.4g}  "
-                                      f"({result['wall_seconds']:.0f} s)", highlight=False)
-                bar.update(task, advance=1, description=f"study trials ({len(pending)}, {failed} failed)")
+                ready, _ = ray.wait(list(futures), num_returns=1, timeout=1.0)
+                if ready:
+                    trial = futures.pop(ready[0])
+                    finished.add(trial.id)
+                    failed += _report_trial(ray, ready[0], trial, study_dir, metric, bar.console)
+                bar.update(task, completed=_steps_done(study_dir, steps, finished),
+                           description=f"study: {len(finished)}/{len(pending)} trials done, {failed} failed")
     finally:
         ray.shutdown()
 

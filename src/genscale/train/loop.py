@@ -6,6 +6,7 @@ when resuming, runs the loop with progress, checkpoints and tracking, then evalu
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from genscale.config import RunConfig
 from genscale.data.datasets import DataSplits
 from genscale.errors import GenscaleError
 from genscale.models.gan import build_gan, count_parameters
+from genscale.paths import atomic_write_bytes
 from genscale.tracking import Tracker
 from genscale.train.checkpoint import (
     latest_step,
@@ -138,6 +140,8 @@ def fit(cfg: RunConfig, run_dir: Path, splits: DataSplits, tracker: Tracker | No
                 window.clear()
                 if tracker:
                     tracker.log_metrics(means, step)
+                # for watchers without a terminal (a study's driver): where this run is, one small file
+                atomic_write_bytes(run_dir / "progress.json", json.dumps({"step": step, "steps": t.steps}).encode())
                 update(advance=0, **means)
             update(advance=1)
             if step % t.checkpoint_every == 0 or step == t.steps:
