@@ -116,17 +116,22 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise GenscaleError(f"--set {item}: value is not valid YAML") from None
 
 
+def set_nested(raw: dict[str, Any], path: list[str], value: Any, origin: str) -> None:
+    """raw[a][b][c] = value for path [a, b, c], creating sections; `origin` names the setting in errors."""
+    node = raw
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise GenscaleError(f"{origin}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set nested keys; unknown keys are left for validation to reject with their full name."""
     for item in overrides:
         path, value = parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise GenscaleError(f"--set {item}: '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
+        set_nested(raw, path, value, f"--set {item}")
     return raw
 
 
@@ -137,17 +142,22 @@ def config_from_dict(raw: dict[str, Any], origin: str = "config") -> RunConfig:
         raise GenscaleError(_format_error(e, origin)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config, apply `--set` overrides, validate strictly."""
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; unreadable, invalid or non-mapping files are GenscaleErrors."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except OSError as e:
-        raise GenscaleError(f"{path}: cannot read config ({e.strerror})") from None
+        raise GenscaleError(f"{path}: cannot read {what} ({e.strerror})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise GenscaleError(f"{path}: invalid YAML{where}") from None
     if not isinstance(raw, dict):
         raise GenscaleError(f"{path}: top level must be a mapping of keys")
-    return config_from_dict(apply_overrides(raw, list(overrides)), str(path))
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config, apply `--set` overrides, validate strictly."""
+    return config_from_dict(apply_overrides(read_yaml_mapping(path), list(overrides)), str(path))

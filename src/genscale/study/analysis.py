@@ -162,7 +162,7 @@ def analyse(results: list[dict[str, Any]], *, metric: str, fit_cfg: dict[str, An
     surface = record("L(C, D)", _fit(pts, ("C", "D"), metric, fit_cfg))
     record("L(N, D)", _fit(pts, ("N", "D"), metric, fit_cfg))
     if pts:
-        top_c = [p for p in pts if _compute_key(p) == max(_compute_key(q) for q in pts)]
+        top_c = [p for p in pts if compute_level(p) == max(compute_level(q) for q in pts)]
         top_d = [p for p in pts if p["D"] == max(q["D"] for q in pts)]
         record("L(D) at the largest compute", _fit(top_c, ("D",), metric, fit_cfg, min_points=3))
         record("L(C) at the largest data", _fit(top_d, ("C",), metric, fit_cfg, min_points=3))
@@ -178,7 +178,7 @@ def analyse(results: list[dict[str, Any]], *, metric: str, fit_cfg: dict[str, An
     return out
 
 
-def _compute_key(p: dict[str, Any]) -> tuple:
+def compute_level(p: dict[str, Any]) -> tuple:
     """Trials on one compute level share steps and model size (they differ in data only)."""
     return (p["steps"], p["N"])
 
@@ -210,7 +210,7 @@ def analyse_study(study_dir: Path) -> dict[str, Any]:
 
     study_dir = Path(study_dir)
     plan = read_plan(study_dir)
-    done, failed = load_results(study_dir)
+    done, failed = load_results(study_dir, plan)
     s = plan["study"]
     analysis = analyse(done, metric=s["metric"], fit_cfg=s["fit"], operating_data_size=plan["operating_data_size"],
                        operating_flops=s["operating_point"]["flops"])

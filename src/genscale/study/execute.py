@@ -50,11 +50,13 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
     check_metric(study, trials, origin)
     full = load_image_data(trials[0].config.data.model_copy(update={"size": None}))
     check_data_sizes(trials, len(full.full_train), origin)
-    flops_axis = [a for a in study.axes if a == "train.flops"]
-    for t in trials:  # a FLOP budget becomes a step count: budget / counted FLOPs of one step
-        if flops_axis:
-            per_step = measure_flops_per_step(t.config, full.image_shape)
-            t.config.train.steps = max(1, round(float(t.axes["train.flops"]) / per_step))
+    if "train.flops" in study.axes:  # a FLOP budget becomes a step count: budget / counted FLOPs of one step
+        counted: dict[str, int] = {}  # one count per distinct model and step shape
+        for t in trials:
+            key = t.config.model.model_dump_json() + f"{t.config.train.batch_size}/{t.config.train.d_steps}"
+            if key not in counted:
+                counted[key] = measure_flops_per_step(t.config, full.image_shape)
+            t.config.train.steps = max(1, round(float(t.axes["train.flops"]) / counted[key]))
     operating_size = study.operating_point.data_size or len(full.full_train)
     if operating_size > len(full.full_train):
         raise GenscaleError(f"{origin}: operating_point.data_size {operating_size} is larger than the dataset's "
@@ -265,9 +267,8 @@ def _run_on_ray(study_dir: Path, pending: list[Trial], workers: int, res: dict[s
         ray.shutdown()
 
 
-def load_results(study_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def load_results(study_dir: Path, plan: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(results of done trials, errors of failed trials), in plan order."""
-    plan = read_plan(study_dir)
     done, failed = [], []
     for t in plan["trials"]:
         folder = study_dir / "trials" / t["id"]

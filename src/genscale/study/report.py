@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from genscale.study.analysis import compute_level
 from genscale.study.fit import PowerLaw
 
 
@@ -52,10 +53,11 @@ def _plots(done: list[dict[str, Any]], analysis: dict[str, Any], folder: Path) -
             ("D", "C", "unique training examples D", "compute C", "metric_vs_data"),
             ("C", "D", "training FLOPs C", "data D", "metric_vs_compute")):
         fig, ax = plt.subplots(figsize=(6, 4))
-        levels = sorted({p[group_key] if group_key == "D" else (p["steps"], p["N"]) for p in pts})
+        level_of = (lambda p: p["D"]) if group_key == "D" else compute_level
+        levels = sorted({level_of(p) for p in pts})
         cmap = plt.get_cmap("viridis", max(len(levels), 2))
         for i, level in enumerate(levels):
-            group = [p for p in pts if (p["D"] if group_key == "D" else (p["steps"], p["N"])) == level]
+            group = [p for p in pts if level_of(p) == level]
             group.sort(key=lambda p: p[x_key])
             xs = np.array([p[x_key] for p in group], dtype=float)
             g_value = float(np.mean([p[group_key] for p in group]))

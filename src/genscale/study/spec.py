@@ -1,6 +1,6 @@
 """A study YAML: a base run config, axes to vary, the metric to fit and the operating point of the verdict.
 
-`plan_study` expands the grid into trials (one resolved RunConfig each) and checks everything that can be
+`expand_grid` expands the grid into trials (one resolved RunConfig each) and checks everything that can be
 checked before any training starts: axis names and values, data sizes against the dataset, the metric.
 """
 
@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
-from genscale.config import RunConfig, Strict, _format_error
+from genscale.config import RunConfig, Strict, _format_error, read_yaml_mapping, set_nested
 from genscale.errors import GenscaleError
 from genscale.metrics.evaluate import LOWER_IS_BETTER, produced_metrics
 
@@ -70,14 +69,6 @@ class Trial:
     config: RunConfig
 
 
-def _set(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
-    *parents, last = key.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[last] = value
-
-
 def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]", "_", f"{value:g}" if isinstance(value, float) else str(value))
 
@@ -96,24 +87,10 @@ def load_study(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
     """The study config and its base run config as a raw dict (base file + `run` keys)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise GenscaleError(f"{path}: cannot read study ({e.strerror})") from None
-    except yaml.YAMLError:
-        raise GenscaleError(f"{path}: invalid YAML") from None
-    if not isinstance(raw, dict):
-        raise GenscaleError(f"{path}: top level must be a mapping of keys")
-    try:
-        study = StudyConfig.model_validate(raw)
+        study = StudyConfig.model_validate(read_yaml_mapping(path, "study"))
     except ValidationError as e:
         raise GenscaleError(_format_error(e, str(path))) from None
-    base: dict[str, Any] = {}
-    if study.base:
-        base_path = (path.parent / study.base)
-        try:
-            base = yaml.safe_load(base_path.read_text()) or {}
-        except OSError as e:
-            raise GenscaleError(f"{path}: base '{study.base}': cannot read ({e.strerror})") from None
+    base = read_yaml_mapping(path.parent / study.base, "base run config") if study.base else {}
     _merge(base, copy.deepcopy(study.run))
     base["name"] = study.name
     return study, base
@@ -156,8 +133,8 @@ def expand_grid(study: StudyConfig, base: dict[str, Any], origin: str = "study")
             if keys[axis] == "train.flops":
                 if not isinstance(value, int | float) or value <= 0:
                     raise GenscaleError(f"{origin}: axis 'train.flops': {value!r} is not a positive number")
-                continue  # resolved to steps by plan_study, once the model is known
-            _set(raw, keys[axis], value)
+                continue  # resolved to steps by create_study, once the model is known
+            set_nested(raw, keys[axis].split("."), value, f"{origin}: axis '{axis}'")
         trial_id = f"t{i:03d}-" + "-".join(f"{a.split('.')[-1]}={_slug(v)}" for a, v in axes.items())
         raw["name"] = f"{study.name}/{trial_id}"
         try:

@@ -88,6 +88,11 @@ def build_gan_run(cfg: RunConfig, image_shape: tuple[int, int, int], device: tor
                   noise=torch.Generator(device).manual_seed(t.seed))
 
 
+def gan_step(cfg: RunConfig, run: GanRun) -> GanStep:
+    m = cfg.model
+    return GanStep(run.g, run.d, run.opt_g, run.opt_d, m.loss, m.z_dim, m.gp_weight, run.noise)
+
+
 def _first_non_finite(window: torch.Tensor, first_step: int) -> str | None:
     bad = (~torch.isfinite(window)).nonzero()
     if len(bad) == 0:
@@ -101,8 +106,7 @@ def fit(cfg: RunConfig, run_dir: Path, splits: DataSplits, tracker: Tracker | No
     """Train to cfg.train.steps, resuming from the run folder's latest checkpoint if there is one."""
     t = cfg.train
     run = build_gan_run(cfg, splits.image_shape, device)
-    step_fn = GanStep(run.g, run.d, run.opt_g, run.opt_d, cfg.model.loss, cfg.model.z_dim,
-                      cfg.model.gp_weight, run.noise)
+    step_fn = gan_step(cfg, run)
     autocast = autocast_for(device, t.precision)
     stream = BatchStream(splits.train.x.to(device), t.batch_size, t.seed)
     ckpt_dir = run_dir / "checkpoints"
@@ -157,8 +161,7 @@ def measure_flops_per_step(cfg: RunConfig, image_shape: tuple[int, int, int]) ->
     """FLOPs of one training step of this config (counted on the CPU, as the loop counts its first step)."""
     device = torch.device("cpu")
     run = build_gan_run(cfg, image_shape, device)
-    step_fn = GanStep(run.g, run.d, run.opt_g, run.opt_d, cfg.model.loss, cfg.model.z_dim, cfg.model.gp_weight,
-                      run.noise)
+    step_fn = gan_step(cfg, run)
     reals = [torch.zeros(cfg.train.batch_size, *image_shape) for _ in range(cfg.train.d_steps)]
     return count_flops(lambda: step_fn(reals, autocast_for(device, "fp32")))[1]
 
