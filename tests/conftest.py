@@ -14,6 +14,7 @@ from genscale.config import RunConfig
 @pytest.fixture(autouse=True)
 def _isolated_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("GENSCALE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("GENSCALE_DATA", str(tmp_path / "datasets"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 

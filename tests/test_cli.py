@@ -86,7 +86,7 @@ def test_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path):
     before = tree_hashes(tmp_path)
     cases = [
         (["train", "typo.yaml"], "typo.yaml: unknown key 'trian'"),
-        (["train", "imgs.yaml"], "empty: no .png/.jpg/.jpeg images found"),
+        (["train", "imgs.yaml"], "empty: no .png/.jpg/.jpeg/.bmp/.webp images found"),
         (["train", "idx.yaml"], "images.idx: not an IDX file (magic bytes 00000703)"),
         (["train", "broken.yaml"], "b.png: cannot decode image"),
         (["eval", "nosuchrun"], "run 'nosuchrun': no such run"),

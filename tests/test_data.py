@@ -128,7 +128,7 @@ def test_imagefolder_bad_files_name_the_file_and_leave_it_alone(tmp_path, damage
 
 def test_imagefolder_empty_and_missing(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(GenscaleError, match="empty: no .png/.jpg/.jpeg images found"):
+    with pytest.raises(GenscaleError, match="empty: no .png/.jpg/.jpeg/.bmp/.webp images found"):
         load_imagefolder(tmp_path / "empty")
     with pytest.raises(GenscaleError, match="nope: not a folder"):
         load_imagefolder(tmp_path / "nope")

@@ -16,7 +16,7 @@ from genscale.errors import GenscaleError
 
 app = typer.Typer(help="Train, evaluate and sample generative models; measure what data and compute buy.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Built-in datasets and weights: fetch and describe.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: fetch built-ins, ingest, clean, corrupt, describe.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 study_app = typer.Typer(help="Studies: grids of runs over data, model size and compute; fits, report, verdict.",
                         no_args_is_help=True)
@@ -58,22 +58,148 @@ def data_fetch(name: Annotated[str, typer.Argument(help="fashion-mnist, or fid-i
 
 @data_app.command("info")
 @friendly
-def data_info(name: Annotated[str, typer.Argument(help="fashion-mnist, or a run config YAML")]):
-    """Sizes, shape, classes and content version of a dataset (a built-in name or a config's data section)."""
+def data_info(name: Annotated[str, typer.Argument(help="fashion-mnist, a stored dataset name/version, or a run "
+                                                       "config YAML")]):
+    """Sizes, shape, classes and content version of a dataset (built-in, stored, or a config's data section)."""
     from genscale.config import RunConfig, load_config
     from genscale.data.builtin import BUILTIN_IMAGE_DATASETS
     from genscale.data.datasets import load_image_data
+    from genscale.data.store import list_names, load_version
 
     if name.endswith((".yaml", ".yml")):
         cfg = load_config(name)
-    elif name in BUILTIN_IMAGE_DATASETS:
+    elif name in BUILTIN_IMAGE_DATASETS and name not in list_names():
         cfg = RunConfig.model_validate({"data": {"source": name}})
     else:
-        raise GenscaleError(f"data info: '{name}' is neither a built-in dataset nor a .yaml config")
+        v = load_version(name)
+        out.print(json.dumps({k: v.meta[k] for k in ("id", "kind", "shape", "records", "splits", "classes", "parent",
+                                                     "eval_basis", "operation", "created")}, indent=1))
+        return
     s = load_image_data(cfg.data)
     out.print(json.dumps({"name": s.name, "version": s.version, "image_shape": s.image_shape,
                           "classes": s.num_classes, "train": len(s.full_train), "train_used": len(s.train),
                           "val": len(s.val), "test": len(s.test)}, indent=1))
+
+
+@data_app.command("ingest")
+@friendly
+def data_ingest(
+        source: Annotated[str, typer.Argument(help="fashion-mnist, an image folder, .npz, IDX file, text file, "
+                                                   ".jsonl, or a folder of text files")],
+        name: Annotated[str, typer.Option(help="dataset name to store the version under")],
+        kind: Annotated[str, typer.Option(help="auto, image or text")] = "auto",
+        test: Annotated[str | None, typer.Option(help="a second source that becomes the test split")] = None,
+        test_fraction: Annotated[float, typer.Option(help="without --test: share held out as test")] = 0.1,
+        split_seed: Annotated[int, typer.Option(help="seed of the test hold-out")] = 0,
+        labels: Annotated[str | None, typer.Option(help="IDX source: the labels file")] = None,
+        field: Annotated[str, typer.Option(help="JSONL: the field holding each document")] = "text",
+        channels: Annotated[int, typer.Option(help="images: 1 grayscale (Pillow 'L'), 3 RGB")] = 1,
+        image_size: Annotated[int | None, typer.Option(help="images: target square side (default: the most "
+                                                            "common size)")] = None,
+        size_policy: Annotated[str, typer.Option(help="images of another size: reject or resize")] = "reject",
+        max_pixels: Annotated[int, typer.Option(help="images with more pixels are refused unread")] = 89_478_485):
+    """Validate and store a source as a dataset version; bad records go to a quarantine report."""
+    from genscale.data.ingest import IngestOptions, ingest, reason_kind
+    from genscale.data.sources import DEFAULT_MAX_PIXELS, ImagePolicy
+    from genscale.data.store import version_folder
+
+    if kind not in ("auto", "image", "text"):
+        raise GenscaleError(f"--kind {kind}: choose auto, image or text")
+    if channels not in (1, 3) or size_policy not in ("reject", "resize") or max_pixels < 1:
+        raise GenscaleError(f"--channels {channels} / --size-policy {size_policy} / --max-pixels {max_pixels}: "
+                            "channels is 1 or 3, size policy reject or resize, max pixels positive")
+    if not 0 < test_fraction < 1:
+        raise GenscaleError(f"--test-fraction {test_fraction}: must be between 0 and 1")
+    policy = ImagePolicy(channels=channels, image_size=image_size, size_policy=size_policy,  # type: ignore[arg-type]
+                         max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    version, rejected = ingest(source, name, IngestOptions(
+        kind=kind, policy=policy, labels=labels, field=field, test=test,  # type: ignore[arg-type]
+        test_fraction=test_fraction, split_seed=split_seed))
+    m = version.meta
+    out.print(f"{name} -> version {version.id}: {m['records']:,} {m['kind']} records "
+              f"(train {m['splits']['train']:,}, test {m['splits']['test']:,})"
+              + (f", shape {tuple(m['shape'])}" if m["shape"] else ""))
+    counts: dict[str, int] = {}
+    for r in rejected:
+        counts[reason_kind(r.reason)] = counts.get(reason_kind(r.reason), 0) + 1
+    if rejected:
+        out.print(f"quarantined {len(rejected)}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                  + f"; list: {version_folder(version.id) / 'quarantine.jsonl'}")
+        for r in rejected[:5]:
+            out.print(f"  {r.source}: {r.reason}", highlight=False)
+    else:
+        out.print("quarantined 0")
+
+
+@data_app.command("clean")
+@friendly
+def data_clean(
+        name: Annotated[str, typer.Argument(help="stored dataset name or version id")],
+        out_name: Annotated[str | None, typer.Option("--out", help="name of the cleaned version "
+                                                                   "(default: NAME-clean)")] = None,
+        phash_distance: Annotated[int, typer.Option(help="images: max pHash Hamming distance (of 64)")] = 6,
+        pixel_distance: Annotated[float, typer.Option(help="images: max mean-centred pixel distance (0-255)")] = 6.0,
+        blank_std: Annotated[float, typer.Option(help="images: pixel std below this is near-blank")] = 4.0,
+        min_neighbour_corr: Annotated[float, typer.Option(help="images: neighbour correlation below this is "
+                                                               "noise")] = 0.2,
+        text_jaccard: Annotated[float, typer.Option(help="text: MinHash Jaccard of a near-duplicate")] = 0.8,
+        min_chars: Annotated[int, typer.Option(help="text: minimum non-whitespace characters")] = 20,
+        min_letter_fraction: Annotated[float, typer.Option(help="text: minimum share of letters")] = 0.5):
+    """Remove exact and near duplicates (and train/test leaks) and low-quality records: a new version + report."""
+    from genscale.data.clean import CleanSettings, clean_version
+    from genscale.data.store import load_version, set_name, version_folder
+
+    version = load_version(name)
+    target = out_name or f"{name}-clean"
+    cleaned, report = clean_version(version, CleanSettings(
+        phash_distance=phash_distance, pixel_distance=pixel_distance, blank_std=blank_std,
+        min_neighbour_corr=min_neighbour_corr, text_jaccard=text_jaccard, min_chars=min_chars,
+        min_letter_fraction=min_letter_fraction))
+    set_name(target, cleaned.id)
+    out.print(f"{target} -> version {cleaned.id}: kept {report['records_out']:,} of {report['records_in']:,} records "
+              f"(train {cleaned.meta['splits']['train']:,}, test {cleaned.meta['splits']['test']:,})")
+    out.print("removed: " + (", ".join(f"{k} {v}" for k, v in report["removed_by_reason"].items()) or "nothing"))
+    if report.get("near_pairs_within_test"):
+        out.print(f"near-duplicate pairs within test (kept): {report['near_pairs_within_test']}")
+    out.print(f"report: {version_folder(cleaned.id) / 'clean.json'}")
+
+
+@data_app.command("corrupt")
+@friendly
+def data_corrupt(
+        name: Annotated[str, typer.Argument(help="stored image dataset name or version id")],
+        duplicates: Annotated[float, typer.Option(help="add this share of train as exact/near copies")] = 0.0,
+        noise: Annotated[float, typer.Option(help="add this share of train as random-pixel junk images")] = 0.0,
+        label_noise: Annotated[float, typer.Option(help="move this share of train labels to another class")] = 0.0,
+        seed: Annotated[int, typer.Option(help="seed of the corruption")] = 0,
+        out_name: Annotated[str | None, typer.Option("--out", help="name of the dirty version "
+                                                                   "(default: NAME-corrupt)")] = None):
+    """Write a deliberately dirty copy of a dataset (train only), to measure what cleaning is worth."""
+    from genscale.data.corrupt import corrupt_version
+    from genscale.data.store import load_version, set_name
+
+    target = out_name or f"{name}-corrupt"
+    dirty = corrupt_version(load_version(name), duplicates=duplicates, noise=noise, label_noise=label_noise,
+                            seed=seed)
+    set_name(target, dirty.id)
+    op = dirty.meta["operation"].get("corrupt", {})
+    out.print(f"{target} -> version {dirty.id}: train {dirty.meta['splits']['train']:,} "
+              f"(+{op.get('added_duplicates', 0):,} copies, +{op.get('added_noise', 0):,} noise images), "
+              f"test {dirty.meta['splits']['test']:,} unchanged")
+
+
+@data_app.command("list")
+@friendly
+def data_list():
+    """Stored dataset names, their versions and sizes."""
+    from genscale.data.store import list_names, load_version
+
+    table = Table("name", "version", "kind", "train", "test", "made by")
+    for n, vid in list_names().items():
+        m = load_version(vid).meta
+        table.add_row(n, vid, m["kind"], f"{m['splits']['train']:,}", f"{m['splits']['test']:,}",
+                      next(iter(m["operation"])))
+    out.print(table)
 
 
 @app.command()
@@ -140,6 +266,12 @@ def runs(limit: Annotated[int, typer.Option(help="rows to show")] = 20,
 
 def _finish_study(analysis: dict, study_dir: Path) -> None:
     out.print(f"\n[bold]verdict:[/] {analysis['verdict']['sentence']}", highlight=False)
+    for axis, c in analysis.get("comparisons", {}).items():
+        for value, ch in c["vs_baseline"].items():
+            if ch["mean_change"] is not None:
+                out.print(f"[bold]{axis}={value}[/] vs {c['baseline']}: {analysis['metric']} changes by "
+                          f"{ch['mean_change']:+.4g} on average over {ch['pairs']} paired trials "
+                          f"({', '.join(f'{d:+.3g}' for d in ch['changes'])})", highlight=False)
     if analysis["failed"]:
         out.print(f"{len(analysis['failed'])} trial(s) failed; see their error.json, or rerun them with "
                   f"`genscale study resume {study_dir}`", highlight=False)

@@ -29,3 +29,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def data_dir() -> Path:
+    """`GENSCALE_DATA`, else ./datasets: dataset versions made by `genscale data ingest|clean|corrupt`."""
+    return Path(os.environ.get("GENSCALE_DATA") or "datasets").absolute()
