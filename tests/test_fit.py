@@ -114,3 +114,30 @@ def test_compute_optimal_split_matches_the_closed_form_of_the_true_law():
     assert got["available"] and got["flops_per_param_example"] == pytest.approx(k)
     assert got["N_opt"] == pytest.approx(truth, rel=0.02)
     assert got["S_opt"] == pytest.approx(c0 / (k * truth), rel=0.02)
+
+
+def _trial(d: int, steps: int, clean: bool, fid: float) -> dict:
+    return {"axes": {"data.clean": clean, "data.size": d, "train.steps": steps}, "D": d, "C": steps * 1e6,
+            "N": 1000, "steps": steps, "examples_seen": steps * 64, "epochs": 1.0, "metrics": {"fid_fmnist": fid}}
+
+
+def test_treatment_axes_are_compared_pairwise_and_kept_out_of_the_laws():
+    from genscale.study.analysis import analyse
+
+    law = lambda d, s: 10 + 300 / s ** 0.5 + 200 / d ** 0.4  # noqa: E731
+    results = [_trial(d, s, clean, law(d, s) - (3.0 if clean else 0.0) * (d / 1000))
+               for clean in (False, True) for d in (1000, 2000, 4000, 8000) for s in (100, 400, 1600)]
+    axes = {"data.clean": [False, True], "data.size": [1000, 2000, 4000, 8000], "train.steps": [100, 400, 1600]}
+    out = analyse(results, metric="fid_fmnist", fit_cfg={"bootstrap": 10, "seed": 0, "level": 0.9,
+                                                         "max_extrapolation": 4.0, "data_constrained": "off",
+                                                         "r_star": None},
+                  operating_data_size=8000, operating_flops=1600e6, axes=axes)
+    c = out["comparisons"]["data.clean"]
+    assert c["values"] == ["False", "True"] and len(c["rows"]) == 12
+    change = c["vs_baseline"]["True"]
+    assert change["pairs"] == 12
+    # paired differences are -3 * d / 1000 for each d, over three step counts each
+    assert change["mean_change"] == pytest.approx(-3.0 * np.mean([1, 2, 4, 8]), abs=1e-9)
+    assert out["trials_used"] == 12 and out["laws_fitted_at"] == {"data.clean": "False"}
+    surface = out["laws"]["L(C, D)"]["params"]  # fitted to the untreated trials only: the true law comes back
+    assert surface["E"] == pytest.approx(10, rel=0.05)

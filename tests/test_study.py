@@ -87,7 +87,7 @@ def test_flops_axis_resolves_to_steps_from_counted_flops(tmp_path):
     ({"metric": "bleu"}, "metric 'bleu' is not produced"),
     ({"metric": "fid"}, "metric 'fid' is not produced"),  # the inception name, with the classifier extractor
     ({"metric": "is_fmnist"}, "higher-is-better"),
-    ({"axes": {"data.clean": [False, True]}}, "axis 'data.clean' is not available"),
+    ({"axes": {"init_from": ["a", "b"]}}, "axis 'init_from' is not available"),
     ({"axes": {"eval.extractor": ["inception", "fmnist-classifier"]}}, "cannot vary"),
     ({"axes": {"data.size": ["many"]}}, "key 'data.size'"),
     ({"axes": {"train.steps": [1], "train.flops": [1e9]}}, "not both"),
@@ -210,3 +210,17 @@ def test_killed_study_resumes_to_the_uninterrupted_results_and_records_failed_tr
     done = [r for r in children if r.info.status == "FINISHED"]
     assert {r.data.tags["genscale.trial"] for r in done} == {k for k, v in b.items() if not isinstance(v, str)}
     assert all({"data_size", "flops", "epochs", "train_seconds", "fid_fmnist"} <= set(r.data.metrics) for r in done)
+
+
+def test_treatment_axes_expand_and_bad_values_name_the_key():
+    from genscale.study.spec import StudyConfig
+
+    base = {"data": {"source": "dataset", "dataset": "fm-dirty"}}
+    study = StudyConfig.model_validate({"axes": {"data.clean": [False, True],
+                                                 "data.augment": ["none", "diffaugment"]}})
+    trials = expand_grid(study, base)
+    assert [(t.config.data.clean, t.config.data.augment) for t in trials] == [
+        (False, "none"), (False, "diffaugment"), (True, "none"), (True, "diffaugment")]
+    bad = StudyConfig.model_validate({"axes": {"data.augment": ["none", "flipp"]}})
+    with pytest.raises(GenscaleError, match=r"key 'data.augment'.*unknown augmentation 'flipp'"):
+        expand_grid(bad, base)

@@ -38,10 +38,14 @@ def interrupt_at_call(monkeypatch, n: int, exc: type[BaseException] = KeyboardIn
     monkeypatch.setattr(gan_module.GanStep, "__call__", flaky)
 
 
-@pytest.mark.parametrize("arch,loss", [("gan-mlp", "ns"), ("dcgan", "wgan-gp")])
-def test_interrupted_run_resumes_to_identical_weights(monkeypatch, arch, loss):
-    cfg = tiny_config(model__arch=arch, model__loss=loss, eval__on_train_end=False)
+@pytest.mark.parametrize("arch,loss,augment", [("gan-mlp", "ns", "none"), ("dcgan", "wgan-gp", "none"),
+                                               ("dcgan", "ns", "hflip,rotate,translate,jitter,diffaugment")])
+def test_interrupted_run_resumes_to_identical_weights(monkeypatch, arch, loss, augment):
+    cfg = tiny_config(model__arch=arch, model__loss=loss, eval__on_train_end=False, data__augment=augment)
     reference = final_tensors(train(cfg))
+    if augment != "none":  # augmentation changes training: the same run without it ends elsewhere
+        plain = final_tensors(train(tiny_config(model__arch=arch, model__loss=loss, eval__on_train_end=False)))
+        assert any(not torch.equal(plain[k], reference[k]) for k in reference if k.startswith("g."))
 
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
         interrupt_at_call(m, 7)  # after the step-4 checkpoint, before the step-8 one

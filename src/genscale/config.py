@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genscale.errors import GenscaleError
 
@@ -19,16 +19,40 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: Literal["fashion-mnist", "imagefolder", "npz", "idx"] = "fashion-mnist"  # built-in name or reader
+    source: Literal["fashion-mnist", "dataset", "imagefolder", "npz", "idx"] = "fashion-mnist"  # built-in/store/reader
+    dataset: str | None = None  # source dataset: a name or version id made by `genscale data ingest`
+    clean: bool = False  # source dataset: train on its cleaned version (`genscale data clean` defaults; cached)
+    augment: str = "none"  # on-the-fly augmentation, comma-separated (data/augment.py): hflip, rotate, translate,
+    #                        scale, jitter (real images); diffaugment or diff-color/-translation/-cutout (GAN step)
     path: str | None = None  # file or folder for imagefolder/npz/idx sources
     labels_path: str | None = None  # idx source only: the labels file
     size: int | None = Field(None, ge=1)  # unique training examples, a nested subset; None: all
     val_size: int = Field(5000, ge=0)  # built-in sets: examples carved from the train split for validation
-    val_fraction: float = Field(0.05, ge=0, lt=1)  # user sources: share held out for validation
-    test_fraction: float = Field(0.1, gt=0, lt=1)  # user sources: share held out for test metrics
+    val_fraction: float = Field(0.05, ge=0, lt=1)  # other sources: share of the train split held out for validation
+    test_fraction: float = Field(0.1, gt=0, lt=1)  # imagefolder/npz/idx: share held out for test metrics
     split_seed: int = 0  # seed of splits and subsets, independent of the training seed
     channels: Literal[1, 3] = 1  # imagefolder: 1 grayscale (PIL "L"), 3 RGB
     image_size: int | None = Field(None, ge=8)  # imagefolder: resize to a square of this side
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augmentations(cls, value: str) -> str:
+        from genscale.data.augment import parse_augment
+
+        try:
+            parse_augment(value)
+        except GenscaleError as e:
+            raise ValueError(str(e).removeprefix("data.augment: ")) from None
+        return value
+
+    @model_validator(mode="after")
+    def _dataset_source(self) -> DataConfig:
+        if self.source == "dataset" and not self.dataset:
+            raise ValueError("source 'dataset' needs data.dataset (a name from `genscale data ingest`)")
+        if self.clean and self.source != "dataset":
+            raise ValueError("clean: true needs source 'dataset'; ingest first, e.g. "
+                             "`genscale data ingest fashion-mnist --name fmnist`")
+        return self
 
 
 class ModelConfig(Strict):

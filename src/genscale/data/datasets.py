@@ -12,6 +12,7 @@ import torch
 from genscale.data.builtin import BUILTIN_IMAGE_DATASETS, array_sha256, load_fashion_mnist
 from genscale.data.idx import read_idx
 from genscale.data.sources import load_imagefolder, load_npz
+from genscale.data.store import Version, load_images, load_version
 from genscale.errors import GenscaleError
 
 if TYPE_CHECKING:
@@ -42,8 +43,16 @@ class DataSplits:
     val: ImageData
     test: ImageData
     name: str
-    version: str  # sha256 of the content of all splits before subsetting
+    version: str  # content id of all splits before subsetting (a store version id for source 'dataset')
     num_classes: int  # 0 when unlabelled
+    eval_version: str = ""  # version whose train split trains the domain extractor ("": this one)
+    classifier_train: ImageData | None = None  # that train split (None: full_train)
+
+    @property
+    def extractor_basis(self) -> tuple[str, ImageData]:
+        """(version, train split) the domain feature extractor is trained on: shared by a dataset's corrupted and
+        cleaned versions, so their metrics are comparable."""
+        return self.eval_version or self.version, self.classifier_train or self.full_train
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -94,8 +103,37 @@ def _version(name: str, *arrays: np.ndarray | None) -> str:
     return h.hexdigest()
 
 
+def _stored_splits(vid: str, cfg: DataConfig) -> tuple[ImageData, ImageData, ImageData, Version]:
+    """train, val, test of a stored image version: test as recorded at ingest, val carved from train."""
+    version = load_version(vid)
+    x, y = load_images(version), version.labels()
+    parts = []
+    for split in ("train", "test"):
+        idx = np.flatnonzero(version.split_mask(split))
+        parts.append((np.ascontiguousarray(x[idx]), None if y is None else y[idx]))
+    (x_train, y_train), (x_test, y_test) = parts
+    if len(x_train) < 2 or len(x_test) < 1:
+        raise GenscaleError(f"dataset {version.id}: {len(x_train)} train and {len(x_test)} test images are too few")
+    train, val, _ = _split(x_train, y_train, round(len(x_train) * cfg.val_fraction), 0, cfg.split_seed)
+    test = ImageData(torch.from_numpy(x_test), None if y_test is None else torch.from_numpy(y_test))
+    return train, val, test, version
+
+
 def load_image_data(cfg: DataConfig) -> DataSplits:
     """Load the configured source, split it deterministically and cut train to `cfg.size`."""
+    if cfg.source == "dataset":
+        from genscale.data.clean import clean_version
+
+        version = load_version(cfg.dataset or "")
+        if cfg.clean:
+            version, _ = clean_version(version)
+        train, val, test, version = _stored_splits(version.id, cfg)
+        basis = version.meta["eval_basis"]
+        basis_train = None if basis == version.id else _stored_splits(basis, cfg)[0]
+        subset = nested_subset(train, cfg.size, cfg.split_seed)
+        return DataSplits(subset, train, val, test, cfg.dataset or version.id, version.id,
+                          len(version.meta["classes"]) if version.labels() is not None else 0,
+                          eval_version=basis, classifier_train=basis_train)
     if cfg.source in BUILTIN_IMAGE_DATASETS:
         arrays = load_fashion_mnist()
         x_train, y_train = arrays["x_train"][:, None], arrays["y_train"].astype(np.int64)

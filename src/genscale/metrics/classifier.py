@@ -52,7 +52,7 @@ def accuracy(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor
 
 def train_classifier(splits: DataSplits, cfg: ClassifierConfig) -> tuple[DomainClassifier, float]:
     """Adam, batch 128, `cfg.epochs` epochs on the full train split (before `data.size` subsetting)."""
-    train = nested_subset(splits.full_train, cfg.train_size, cfg.seed)
+    train = nested_subset(splits.extractor_basis[1], cfg.train_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     model = DomainClassifier(splits.image_shape[0], splits.num_classes)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -83,7 +83,8 @@ class ClassifierExtractor:
     def __init__(self, splits: DataSplits, cfg: ClassifierConfig, device: torch.device | str = "cpu"):
         if splits.num_classes < 2:
             raise GenscaleError(f"eval.extractor: fmnist-classifier needs labelled data; '{splits.name}' has none")
-        key = hashlib.sha256(f"{splits.version}:{cfg.model_dump_json()}".encode()).hexdigest()[:16]
+        basis = splits.extractor_basis[0]
+        key = hashlib.sha256(f"{basis}:{cfg.model_dump_json()}".encode()).hexdigest()[:16]
         path = cache_dir() / "extractors" / f"fmnist-classifier-{key}.safetensors"
         model = DomainClassifier(splits.image_shape[0], splits.num_classes)
         if path.exists():
@@ -92,7 +93,7 @@ class ClassifierExtractor:
         else:
             model, self.test_accuracy = train_classifier(splits, cfg)
             atomic_write_bytes(path.with_suffix(".json"), json.dumps(
-                {"test_accuracy": self.test_accuracy, "dataset_version": splits.version,
+                {"test_accuracy": self.test_accuracy, "dataset_version": basis,
                  "config": cfg.model_dump()}).encode())
             atomic_write_bytes(path, save(model.state_dict()))
         self.device = torch.device(device)

@@ -74,7 +74,8 @@ def extract(extractor: FeatureExtractor, images: torch.Tensor, batch_size: int, 
 def reference_features(extractor: FeatureExtractor, splits: DataSplits, n: int, batch_size: int) -> np.ndarray:
     """Features of a class-balanced subset of n test images (nested across n), cached."""
     safe_id = extractor.id.replace(":", "-")
-    path = cache_dir() / "features" / f"{safe_id}-{splits.version[:16]}-test-{n}.npy"
+    # versions derived by clean/corrupt keep their basis's test split, so they share its cached features
+    path = cache_dir() / "features" / f"{safe_id}-{splits.extractor_basis[0][:16]}-test-{n}.npy"
     if path.exists():
         return np.load(path, allow_pickle=False)
     images = nested_subset(splits.test, n, seed=0).x

@@ -143,12 +143,47 @@ def compute_optimal(points: list[dict[str, Any]], metric: str, c0: float, fit_cf
             "C0": c0, "N_opt": best, "N_opt_interval": [lo, hi], "S_opt": c0 / (k * best) if best else None}
 
 
+def compare_treatments(results: list[dict[str, Any]], axes: dict[str, list[Any]], metric: str) -> dict[str, Any]:
+    """For each treatment axis (not a scaling axis), the metric at each value, paired over trials that are equal in
+    every other axis, and the mean paired change from the axis's first value."""
+    from genscale.study.spec import SCALING_AXES
+
+    out: dict[str, Any] = {}
+    for axis, values in axes.items():
+        if axis in SCALING_AXES:
+            continue
+        labels = [str(v) for v in values]
+        rows: dict[str, dict[str, float]] = {}
+        for r in results:
+            if metric not in r["metrics"]:
+                continue
+            others = ", ".join(f"{k}={v}" for k, v in r["axes"].items() if k != axis) or "-"
+            rows.setdefault(others, {})[str(r["axes"][axis])] = r["metrics"][metric]
+        changes = {}
+        for v in labels[1:]:
+            diffs = [row[v] - row[labels[0]] for row in rows.values() if v in row and labels[0] in row]
+            changes[v] = {"mean_change": float(np.mean(diffs)) if diffs else None, "pairs": len(diffs),
+                          "changes": diffs}
+        out[axis] = {"values": labels, "rows": rows, "baseline": labels[0], "vs_baseline": changes}
+    return out
+
+
 def analyse(results: list[dict[str, Any]], *, metric: str, fit_cfg: dict[str, Any], operating_data_size: int,
-            operating_flops: float | None) -> dict[str, Any]:
-    """Every law the trials support, the verdict at the operating point, and the compute-optimal split."""
+            operating_flops: float | None, axes: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+    """Every law the trials support, the verdict at the operating point, and the compute-optimal split.
+
+    With treatment axes (e.g. data.clean), the laws are fitted to the trials at each treatment's first value
+    (a law mixes no treatments) and the treatments are compared value against value."""
+    from genscale.study.spec import SCALING_AXES
+
     level = fit_cfg["level"]
-    pts = [r for r in results if metric in r["metrics"]]
-    out: dict[str, Any] = {"metric": metric, "trials_used": len(pts), "laws": {}, "skipped": {}}
+    treatments = {a: [str(v) for v in vals] for a, vals in (axes or {}).items() if a not in SCALING_AXES}
+    comparisons = compare_treatments(results, axes or {}, metric) if treatments else {}
+    pts = [r for r in results if metric in r["metrics"]
+           and all(str(r["axes"].get(a)) == vals[0] for a, vals in treatments.items())]
+    out: dict[str, Any] = {"metric": metric, "trials_used": len(pts), "laws": {}, "skipped": {},
+                           "comparisons": comparisons,
+                           "laws_fitted_at": {a: vals[0] for a, vals in treatments.items()}}
     c0 = operating_flops or (max(p["C"] for p in pts) if pts else None)
     d0 = float(operating_data_size)
 
@@ -213,7 +248,7 @@ def analyse_study(study_dir: Path) -> dict[str, Any]:
     done, failed = load_results(study_dir, plan)
     s = plan["study"]
     analysis = analyse(done, metric=s["metric"], fit_cfg=s["fit"], operating_data_size=plan["operating_data_size"],
-                       operating_flops=s["operating_point"]["flops"])
+                       operating_flops=s["operating_point"]["flops"], axes=s["axes"])
     analysis["failed"] = failed
     analysis["trials_total"] = len(plan["trials"])
     analysis["summary_metrics"] = {

@@ -41,15 +41,21 @@ def read_plan(study_dir: Path) -> dict[str, Any]:
 
 def create_study(path: str | Path, out: Path | None = None) -> Path:
     """Expand and check the study, then write its folder; nothing trains here, so bad input costs nothing."""
-    from genscale.data.datasets import load_image_data
+    from genscale.data.datasets import DataSplits, load_image_data
     from genscale.train.loop import measure_flops_per_step
 
     study, base = load_study(path)
     origin = str(path)
     trials = expand_grid(study, base, origin)
     check_metric(study, trials, origin)
-    full = load_image_data(trials[0].config.data.model_copy(update={"size": None}))
-    check_data_sizes(trials, len(full.full_train), origin)
+    fulls: dict[str, DataSplits] = {}  # one load per distinct data source (e.g. raw and cleaned); cleaning is cached
+    for t in trials:
+        data = t.config.data.model_copy(update={"size": None, "augment": "none"})
+        key = data.model_dump_json()
+        if key not in fulls:
+            fulls[key] = load_image_data(data)
+        check_data_sizes([t], len(fulls[key].full_train), origin)
+    full = min(fulls.values(), key=lambda s: len(s.full_train))
     if "train.flops" in study.axes:  # a FLOP budget becomes a step count: budget / counted FLOPs of one step
         counted: dict[str, int] = {}  # one count per distinct model and step shape
         for t in trials:

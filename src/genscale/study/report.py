@@ -165,6 +165,24 @@ def _law_lines(analysis: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _comparison_tables(analysis: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
+    """(title, header, rows, summary lines) per treatment axis."""
+    metric = analysis["metric"]
+    tables = []
+    for axis, c in analysis.get("comparisons", {}).items():
+        head = ["other axes"] + [f"{axis}={v}" for v in c["values"]]
+        rows = [[others] + [_fmt_value(row.get(v)) for v in c["values"]] for others, row in c["rows"].items()]
+        lines = [f"{axis}={v} vs {c['baseline']}: mean change of {metric} {ch['mean_change']:+.4g} over "
+                 f"{ch['pairs']} paired trials" if ch["mean_change"] is not None else
+                 f"{axis}={v} vs {c['baseline']}: no paired trials" for v, ch in c["vs_baseline"].items()]
+        tables.append((f"{metric} by {axis}", head, rows, lines))
+    return tables
+
+
+def _fmt_value(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
 def write_report(study_dir: Path, plan: dict[str, Any], done: list[dict[str, Any]], analysis: dict[str, Any]) -> Path:
     """Write report.html (self-contained) and report.md (+ report_files/) into the study folder."""
     files = study_dir / "report_files"
@@ -185,6 +203,13 @@ def write_report(study_dir: Path, plan: dict[str, Any], done: list[dict[str, Any
     md = [f"# Study {plan['name']}", "", "## Verdict", "", v["sentence"], ""]
     if gpus:
         md += [f"2× GPUs at equal wall time: {gpus['note']}.", ""]
+    comparisons = _comparison_tables(analysis)
+    fitted_at = ", ".join(f"{a}={v}" for a, v in analysis.get("laws_fitted_at", {}).items())
+    if fitted_at:
+        law_lines = [f"Laws are fitted to the trials at {fitted_at} (a law mixes no treatments)"] + law_lines
+    for title, head, rows, lines in comparisons:
+        md += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        md += ["| " + " | ".join(r) + " |" for r in rows] + [""] + [f"- {line}" for line in lines] + [""]
     md += ["## Fits", ""] + [f"- {line}" for line in law_lines] + ["", "## Plots", ""]
     md += [f"![{title}](report_files/{path.name})" for title, path in plots]
     md += ["", "## Trials", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -209,6 +234,10 @@ def write_report(study_dir: Path, plan: dict[str, Any], done: list[dict[str, Any
              f"<h1>Study {e(plan['name'])}</h1><h2>Verdict</h2><p class='verdict'>{e(v['sentence'])}</p>"]
     if gpus:
         parts.append(f"<p>2× GPUs at equal wall time: {e(gpus['note'])}.</p>")
+    for title, head, rows, lines in comparisons:
+        parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+                     + "</table><ul>" + "".join(f"<li>{e(line)}</li>" for line in lines) + "</ul>")
     parts.append("<h2>Fits</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in law_lines) + "</ul><h2>Plots</h2>")
     parts += [f"<figure>{_img(path)}<figcaption>{e(title)}</figcaption></figure>" for title, path in plots]
     parts.append("<h2>Trials</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")

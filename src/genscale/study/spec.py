@@ -21,9 +21,10 @@ from genscale.metrics.evaluate import LOWER_IS_BETTER, produced_metrics
 
 # Axes with a meaning beyond "set this config key"; any other run-config key (e.g. train.lr_d) is an axis too.
 ALIASES = {"seed": "train.seed"}
+# Axes the laws are fitted over; every other axis (data.clean, data.augment, train.lr_d, ...) is a treatment that
+# is compared value against value, paired over trials equal in every other axis.
+SCALING_AXES = ("data.size", "model.size", "train.steps", "train.flops", "seed")
 NOT_BUILT = {
-    "data.augment": "augmentation arrives with the data pipeline (issue 4)",
-    "data.clean": "raw-vs-cleaned data arrives with the data pipeline (issue 4)",
     "init_from": "pretrained initialisation arrives with the text models (issue 5)",
     "train.gpus": "data-parallel training (DDP) is not built yet; each trial uses one device",
 }

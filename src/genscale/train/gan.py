@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +34,17 @@ def gradient_penalty(d: nn.Module, real: torch.Tensor, fake: torch.Tensor, eps: 
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 @dataclass
 class GanStep:
-    """`d_steps` discriminator updates on the given real batches, then one generator update."""
+    """`d_steps` discriminator updates on the given real batches, then one generator update.
+
+    `augment` is applied to every batch the discriminator sees, real and generated, in both updates
+    (DiffAugment, Zhao et al. 2020): it must be differentiable so the generator's gradient passes through it.
+    """
 
     g: nn.Module
     d: nn.Module
@@ -45,6 +54,7 @@ class GanStep:
     z_dim: int
     gp_weight: float
     noise: torch.Generator
+    augment: Callable[[torch.Tensor], torch.Tensor] = identity
 
     def _z(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.randn(n, self.z_dim, generator=self.noise, device=device)
@@ -53,7 +63,8 @@ class GanStep:
         """Returns detached [loss_d, loss_g] of this step, shape (2,)."""
         for real in reals:  # (B, C, H, W) in [-1, 1]
             with autocast():
-                fake = self.g(self._z(len(real), real.device)).detach()
+                fake = self.augment(self.g(self._z(len(real), real.device)).detach())
+                real = self.augment(real)
                 loss_d = discriminator_loss(self.loss, self.d(real), self.d(fake))
                 if self.loss == "wgan-gp":
                     eps = torch.rand(len(real), 1, 1, 1, generator=self.noise, device=real.device)
@@ -63,7 +74,8 @@ class GanStep:
             self.opt_d.step()
         self.d.requires_grad_(False)  # the G update needs gradients through D, not of D's weights
         with autocast():
-            loss_g = generator_loss(self.loss, self.d(self.g(self._z(len(reals[-1]), reals[-1].device))))
+            fake = self.augment(self.g(self._z(len(reals[-1]), reals[-1].device)))
+            loss_g = generator_loss(self.loss, self.d(fake))
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()

@@ -6,6 +6,7 @@ when resuming, runs the loop with progress, checkpoints and tracking, then evalu
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 import yaml
 
 from genscale.config import RunConfig
+from genscale.data.augment import augment_real, diff_augment, parse_augment
 from genscale.data.datasets import DataSplits
 from genscale.errors import GenscaleError
 from genscale.models.gan import build_gan, count_parameters
@@ -30,7 +32,7 @@ from genscale.train.checkpoint import (
     save_checkpoint,
     unprefixed,
 )
-from genscale.train.gan import GanStep
+from genscale.train.gan import GanStep, identity
 from genscale.train.machinery import (
     BatchStream,
     autocast_for,
@@ -90,7 +92,9 @@ def build_gan_run(cfg: RunConfig, image_shape: tuple[int, int, int], device: tor
 
 def gan_step(cfg: RunConfig, run: GanRun) -> GanStep:
     m = cfg.model
-    return GanStep(run.g, run.d, run.opt_g, run.opt_d, m.loss, m.z_dim, m.gp_weight, run.noise)
+    _, policy = parse_augment(cfg.data.augment)
+    augment = functools.partial(diff_augment, policy=policy, generator=run.noise) if policy else identity
+    return GanStep(run.g, run.d, run.opt_g, run.opt_d, m.loss, m.z_dim, m.gp_weight, run.noise, augment)
 
 
 def _first_non_finite(window: torch.Tensor, first_step: int) -> str | None:
@@ -109,6 +113,7 @@ def fit(cfg: RunConfig, run_dir: Path, splits: DataSplits, tracker: Tracker | No
     step_fn = gan_step(cfg, run)
     autocast = autocast_for(device, t.precision)
     stream = BatchStream(splits.train.x.to(device), t.batch_size, t.seed)
+    real_ops, _ = parse_augment(cfg.data.augment)
     ckpt_dir = run_dir / "checkpoints"
     step, counters = 0, {"flops_per_step": None, "train_seconds": 0.0}
     if latest_step(ckpt_dir) is not None:
@@ -125,7 +130,8 @@ def fit(cfg: RunConfig, run_dir: Path, splits: DataSplits, tracker: Tracker | No
     started = time.perf_counter()
     with progress_bar(t.steps, step, f"train {cfg.model.arch}") as update:
         while step < t.steps:
-            reals = [to_unit_range(stream.batch(step * t.d_steps + k)) for k in range(t.d_steps)]
+            reals = [augment_real(to_unit_range(stream.batch(step * t.d_steps + k)), real_ops, run.noise)
+                     for k in range(t.d_steps)]
             if counters["flops_per_step"] is None:  # count once; every step does the same work
                 losses, counters["flops_per_step"] = count_flops(lambda: step_fn(reals, autocast))  # noqa: B023
             else:
