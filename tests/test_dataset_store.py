@@ -26,6 +26,7 @@ from genscale.data.datasets import load_image_data
 from genscale.data.ingest import IngestOptions, ingest, reason_kind
 from genscale.data.sources import ImagePolicy, image_array, read_image_folder
 from genscale.data.store import list_names, load_images, load_texts, load_version, set_name, version_folder
+from genscale.errors import GenscaleError
 from genscale.paths import data_dir
 
 CAP = 89_478_485  # ImagePolicy's default max_pixels (Pillow's MAX_IMAGE_PIXELS)
@@ -73,9 +74,9 @@ def pool(fmnist):
     return {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}
 
 
-def png_bytes(img: np.ndarray, **save) -> bytes:
+def png_bytes(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG", **save)
+    Image.fromarray(img).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -114,12 +115,12 @@ def removals(report: dict) -> dict[int, tuple[str, bool]]:
     return {r["index"]: (r["reason"], r["leak"]) for r in report["removals"]}
 
 
-def small_version(pool, n_train: int = 300, n_test: int = 50, name: str = "small", tmp=None):
-    """A version of distinct images: n_train train then n_test test records."""
-    train = save_npz(tmp / f"{name}-train.npz", pool["x_train"][:n_train], pool["y_train"][:n_train])
-    test = save_npz(tmp / f"{name}-test.npz", pool["x_test"][:n_test], pool["y_test"][:n_test])
-    version, rejected = ingest(train, name, IngestOptions(test=test))
-    assert rejected == [] and version.meta["splits"] == {"train": n_train, "test": n_test}
+def small_version(tmp_path, pool):
+    """"small": 300 distinct train images, then 50 distinct test images, from .npz files."""
+    train = save_npz(tmp_path / "small-train.npz", pool["x_train"][:300], pool["y_train"][:300])
+    test = save_npz(tmp_path / "small-test.npz", pool["x_test"][:50], pool["y_test"][:50])
+    version, rejected = ingest(train, "small", IngestOptions(test=test))
+    assert rejected == [] and version.meta["splits"] == {"train": 300, "test": 50}
     return version
 
 
@@ -130,9 +131,10 @@ def test_each_bad_file_is_quarantined_with_its_reason_and_the_good_ones_ingested
     root = tmp_path / "imgs"
     x, y = pool["x_train"][:20], np.repeat([0, 1], 10)
     good = write_classes(root, x, y)
+    whole = png_bytes(pool["x_train"][20])
     bad = {
         root / "shirt" / "empty.png": b"",
-        root / "shirt" / "truncated.png": png_bytes(pool["x_train"][20])[:len(png_bytes(pool["x_train"][20])) // 2],
+        root / "shirt" / "truncated.png": whole[:len(whole) // 2],
         root / "shoe" / "bomb.png": png_header_only(12000, 12000),
         root / "shoe" / "noise.jpg": np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8).tobytes(),
         root / "shoe" / "wide.png": png_bytes(np.full((30, 40), 90, dtype=np.uint8)),
@@ -158,8 +160,8 @@ def test_each_bad_file_is_quarantined_with_its_reason_and_the_good_ones_ingested
                                           f"max_pixels {CAP:,}"),
         (str(root / "shoe" / "noise.jpg"), f"cannot decode image (cannot identify image file "
                                            f"'{root / 'shoe' / 'noise.jpg'}')"),
-        (str(root / "shoe" / "wide.png"), "size 40x30 is not the target 28x28 (size policy reject; set image_size "
-                                          "or use the resize policy)"),
+        (str(root / "shoe" / "wide.png"), "wrong size: 40x30, not the target 28x28 (size policy reject; set "
+                                          "image_size or use the resize policy)"),
     ]
     assert [(r.source, r.reason) for r in rejected] == expected
     assert quarantine(version.id) == expected
@@ -167,7 +169,7 @@ def test_each_bad_file_is_quarantined_with_its_reason_and_the_good_ones_ingested
     ingest_op = version.meta["operation"]["ingest"]
     counts = ingest_op["quarantined_by_reason"]  # the bomb's key: see test_reason_kind_keeps_the_whole_reason_name
     assert ingest_op["quarantined"] == sum(counts.values()) == 5
-    assert (counts["empty file"], counts["cannot decode image"], counts["size"]) == (1, 2, 1)
+    assert (counts["empty file"], counts["cannot decode image"], counts["wrong size"]) == (1, 2, 1)
     assert [r.source for r in version.records] == [str(p) for p in good]
     assert [r.label for r in version.records] == y.tolist() and version.meta["classes"] == ["shirt", "shoe"]
     np.testing.assert_array_equal(load_images(version)[:, 0], x)
@@ -190,11 +192,8 @@ def test_one_bad_file_in_a_hundred_costs_one_record(tmp_path, pool):
 
 
 def test_a_bomb_beyond_pillows_own_limit_is_refused_by_our_cap(tmp_path, pool):
-    """The cap decides, with its own reason, for any size. Fails today: Image.open itself raises
-    DecompressionBombError for more than 2 * Image.MAX_IMAGE_PIXELS (178,956,970) pixels, before `_decode` reads
-    the size, so a 40000x40000 header is reported as 'cannot decode image (Image size (1600000000 pixels) exceeds
-    limit of 178956970 pixels, could be decompression bomb DOS attack.)' and counted as 'cannot decode image'; and a
-    --max-pixels above 178,956,970 cannot admit an image Pillow refuses."""
+    """The cap decides, with its own reason, for any size, also above Pillow's own hard limit (2 x
+    Image.MAX_IMAGE_PIXELS = 178,956,970 pixels), which Image.open would otherwise raise before the size is read."""
     root = tmp_path / "imgs"
     root.mkdir()
     (root / "a.png").write_bytes(png_bytes(pool["x_train"][0]))
@@ -209,10 +208,9 @@ def test_a_bomb_beyond_pillows_own_limit_is_refused_by_our_cap(tmp_path, pool):
 @pytest.mark.parametrize("reason,kind", [
     ("empty file (0 bytes)", "empty file"),
     ("cannot decode image (image file is truncated)", "cannot decode image"),
-    ("size 40x30 is not the target 28x28 (size policy reject; set image_size or use the resize policy)", "size"),
+    ("wrong size: 40x30, not the target 28x28 (size policy reject; set image_size or use the resize policy)",
+     "wrong size"),
     ("invalid JSON (Expecting value at column 1)", "invalid JSON"),
-    # these two fail today: a word ending in ':' or holding a digit ends the name before it, so the CLI summary
-    # says "quarantined 1: decompression 1" and "quarantined 1: not 1"
     (f"decompression bomb: 12000x12000 = 144,000,000 pixels exceeds max_pixels {CAP:,}", "decompression bomb"),
     ("not UTF-8 (invalid byte 0xff at offset 10)", "not UTF-8"),
 ])
@@ -313,6 +311,8 @@ def test_same_content_same_id_and_the_manifest_matches_the_stored_pixels(tmp_pat
     changed.write_bytes(png_bytes(pixels))
     d, _ = ingest(str(copy), "d")
     assert d.id != a.id and list_names()["d"] == d.id
+    e, _ = ingest(str(root), "e", IngestOptions(test_fraction=0.25))  # same records, another test split
+    assert e.id not in (a.id, d.id) and e.meta["splits"] == {"train": 18, "test": 6}
 
     lines = [json.loads(line) for line in (version_folder(a.id) / "manifest.jsonl").read_text().splitlines()]
     stored = np.asarray(load_images(a))
@@ -329,13 +329,12 @@ def test_same_content_same_id_and_the_manifest_matches_the_stored_pixels(tmp_pat
     assert {p.name for p in shards} >= set(a.meta["shards"]) | set(d.meta["shards"])
     for shard in shards:
         assert shard.name == hashlib.sha256(shard.read_bytes()).hexdigest() + shard.suffix
-    assert len(shards) == 2  # a, b and c share one shard; d has its own
+    assert len(shards) == 2  # a, b, c and e store the same pixels: one shard; d has its own
 
 
 def test_quarantine_report_belongs_to_the_ingest_that_made_it(tmp_path, pool):
-    """The CLI points at <version>/quarantine.jsonl as the list of what this ingest refused. Fails today: a second
-    ingest of the same good content (same version id) keeps the first ingest's quarantine.jsonl, because
-    write_version returns an existing version without writing the new reports."""
+    """The CLI points at <version>/quarantine.jsonl as the list of what this ingest refused: a second ingest of the
+    same good content (same version id) with other bad files rewrites it."""
     first = tmp_path / "first"
     write_classes(first, pool["x_train"][:6], np.array([0, 1] * 3))
     (first / "shirt" / "bad_first.png").write_bytes(b"")
@@ -468,7 +467,7 @@ def test_stricter_settings_are_cached_separately(tmp_path, pool):
 
 
 def test_corrupt_adds_what_it_says_and_keeps_the_test_split(tmp_path, pool):
-    version = small_version(pool, tmp=tmp_path)
+    version = small_version(tmp_path, pool)
     dirty = corrupt_version(version, duplicates=0.2, noise=0.1, label_noise=0.1, seed=3)
     op = dirty.meta["operation"]["corrupt"]
     assert (op["added_duplicates"], op["added_noise"]) == (round(0.2 * 300), round(0.1 * 300)) == (60, 30)
@@ -478,8 +477,8 @@ def test_corrupt_adds_what_it_says_and_keeps_the_test_split(tmp_path, pool):
     assert [r for r in dirty.records if r.split == "test"] == test  # same sha256, labels and order
     before, after = version.records[:300], dirty.records[:300]
     assert [(r.source, r.sha256) for r in after] == [(r.source, r.sha256) for r in before]
-    moved = [(a.label, b.label) for a, b in zip(before, after, strict=True) if a.label != b.label]
-    assert len(moved) == round(0.1 * 300) and all(0 <= new < 10 for _, new in moved)
+    moved = [b.label for a, b in zip(before, after, strict=True) if a.label != b.label]
+    assert len(moved) == round(0.1 * 300) and all(0 <= new < 10 for new in moved)  # 30 picked, 30 moved
     extra = dirty.records[350:]
     assert [r.source.split(":")[1] for r in extra] == ["exact-copy-of", "near-copy-of"] * 30 + \
         [f"noise/{j}" for j in range(30)]
@@ -487,12 +486,12 @@ def test_corrupt_adds_what_it_says_and_keeps_the_test_split(tmp_path, pool):
     for r in extra[:60:2]:  # exact copies carry their original's content hash
         assert r.sha256 == by_source[r.source.split(":", 2)[2]].sha256 and r.split == "train"
     np.testing.assert_array_equal(load_images(dirty)[:350], load_images(version))
-    with pytest.raises(Exception, match="--noise -1: must be a fraction"):
+    with pytest.raises(GenscaleError, match="--noise -1: must be a fraction"):
         corrupt_version(version, noise=-1)
 
 
 def test_corrupt_then_clean_recovers_the_original_train_set(tmp_path, pool):
-    version = small_version(pool, tmp=tmp_path)
+    version = small_version(tmp_path, pool)
     train_hashes = [r.sha256 for r in version.records if r.split == "train"]
     for label_noise in (0.0, 0.1):
         dirty = corrupt_version(version, duplicates=0.2, noise=0.1, label_noise=label_noise, seed=3)
@@ -513,7 +512,7 @@ def test_corrupt_then_clean_recovers_the_original_train_set(tmp_path, pool):
 
 
 def test_dataset_source_splits_and_the_shared_extractor_basis(tmp_path, pool):
-    version = small_version(pool, tmp=tmp_path)
+    version = small_version(tmp_path, pool)
     dirty = corrupt_version(version, duplicates=0.2, noise=0.1, label_noise=0.1, seed=3)
     set_name("small-corrupt", dirty.id)
 
@@ -668,12 +667,9 @@ def test_data_commands_end_to_end(tmp_path, pool):
 
 
 def test_cleaning_reports_its_own_input_after_a_corrupted_copy_cleaned_to_the_same_content(tmp_path, pool):
-    """Fails today: cleaning the corrupted copy gives back the original's content, so the cleaned version *is* the
-    original version, and its clean.json (written only when absent) becomes the report of cleaning the corrupted
-    copy. The next clean of the original is answered from the cache with that report: input = the corrupted id,
-    90 records removed, although the original has nothing to remove (`genscale data clean small` then prints
-    'kept 350 of 440 records')."""
-    version = small_version(pool, tmp=tmp_path)
+    """Cleaning the corrupted copy gives back the original's content, so the cleaned version *is* the original
+    version; the report of cleaning the original must still be its own (reports live with the input)."""
+    version = small_version(tmp_path, pool)
     dirty = corrupt_version(version, duplicates=0.2, noise=0.1, seed=3)
     assert clean_version(dirty)[0].id == version.id
     _, fresh = clean_version(version)

@@ -147,7 +147,7 @@ def data_clean(
         min_letter_fraction: Annotated[float, typer.Option(help="text: minimum share of letters")] = 0.5):
     """Remove exact and near duplicates (and train/test leaks) and low-quality records: a new version + report."""
     from genscale.data.clean import CleanSettings, clean_version
-    from genscale.data.store import load_version, set_name, version_folder
+    from genscale.data.store import load_version, set_name
 
     version = load_version(name)
     target = out_name or f"{name}-clean"
@@ -161,7 +161,8 @@ def data_clean(
     out.print("removed: " + (", ".join(f"{k} {v}" for k, v in report["removed_by_reason"].items()) or "nothing"))
     if report.get("near_pairs_within_test"):
         out.print(f"near-duplicate pairs within test (kept): {report['near_pairs_within_test']}")
-    out.print(f"report: {version_folder(cleaned.id) / 'clean.json'}")
+    out.print(f"report: {report['report']}" + (f" (example pairs: {report['example_pairs']})"
+                                                if "example_pairs" in report else ""))
 
 
 @data_app.command("corrupt")

@@ -18,6 +18,7 @@ reference; duplicates within test are reported):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass
@@ -254,12 +255,14 @@ def _pairs_grid(images: np.ndarray, removals: list[Removal], k: int = 12) -> byt
 
 def clean_version(version: Version, settings: CleanSettings = CleanSettings()) -> tuple[Version, dict[str, Any]]:
     """Apply the cleaning rules to a version; returns the cleaned version (stored) and the report."""
+    # reports live with the input (a cleaned version's content, hence its id, can come from several inputs)
+    tag = hashlib.sha256(settings.key().encode()).hexdigest()[:8]
+    report_path = version_folder(version.id) / f"clean-{tag}.json"
     cached = version_folder(version.id) / "cleaned.json"
-    if cached.exists():
+    if cached.exists() and report_path.exists():
         known = json.loads(cached.read_text())
         if settings.key() in known:
-            cleaned = load_version(known[settings.key()])
-            return cleaned, json.loads((version_folder(cleaned.id) / "clean.json").read_text())
+            return load_version(known[settings.key()]), json.loads(report_path.read_text())
     is_test = version.split_mask("test")
     hashes = [r.sha256 for r in version.records]
     images = texts = None
@@ -286,17 +289,16 @@ def clean_version(version: Version, settings: CleanSettings = CleanSettings()) -
         "removals": [{"index": r.index, "source": src[r.index].source, "reason": r.reason, "distance": r.distance,
                       "duplicate_of": None if r.partner is None else src[r.partner].source, "leak": r.leak}
                      for r in removals]}
-    reports = {"clean.json": json.dumps(report, indent=1, ensure_ascii=False).encode()}
-    if images is not None and (grid := _pairs_grid(images, _examples(removals))):
-        reports["clean_pairs.png"] = grid
     cleaned = write_version(
         kind=version.kind, records=[src[i] for i in keep],
         images=None if images is None else np.ascontiguousarray(images[keep]),
         texts=None if texts is None else [texts[i] for i in keep], classes=tuple(version.meta["classes"]),
-        parent=version.id, operation={"clean": asdict(settings)}, eval_basis=version.meta["eval_basis"],
-        reports=reports)
-    if not (version_folder(cleaned.id) / "clean.json").exists():  # nothing removed: the id is the input's
-        atomic_write_bytes(version_folder(cleaned.id) / "clean.json", reports["clean.json"])
+        parent=version.id, operation={"clean": asdict(settings)}, eval_basis=version.meta["eval_basis"])
+    report = {"output": cleaned.id, "report": str(report_path), **report}
+    if images is not None and (grid := _pairs_grid(images, _examples(removals))):
+        atomic_write_bytes(report_path.with_suffix(".png"), grid)
+        report["example_pairs"] = str(report_path.with_suffix(".png"))
+    atomic_write_bytes(report_path, json.dumps(report, indent=1, ensure_ascii=False).encode())
     known = json.loads(cached.read_text()) if cached.exists() else {}
     known[settings.key()] = cleaned.id
     atomic_write_bytes(cached, json.dumps(known).encode())

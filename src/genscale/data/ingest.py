@@ -11,6 +11,7 @@ the version's `quarantine.jsonl` and counted in the summary. Source files are on
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +29,11 @@ from genscale.data.store import (
     content_sha256,
     image_record_hashes,
     set_name,
+    version_folder,
     write_version,
 )
 from genscale.errors import GenscaleError
+from genscale.paths import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -142,13 +145,9 @@ def _assign_test(read: _Read, opts: IngestOptions) -> None:
 
 
 def reason_kind(reason: str) -> str:
-    """The leading words of a reason, for counting: 'cannot decode image (...)' -> 'cannot decode image'."""
-    words = []
-    for w in reason.split():
-        if any(ch in w for ch in "(:'\"0123456789") or w.startswith("0x"):
-            break
-        words.append(w)
-    return " ".join(words) or reason
+    """The name of a reason, for counting: the text before its first ': ' or ' (' ('decompression bomb: ...' ->
+    'decompression bomb', 'not UTF-8 (invalid byte ...)' -> 'not UTF-8')."""
+    return re.split(r": | \(", reason, maxsplit=1)[0]
 
 
 def ingest(source: str, name: str, opts: IngestOptions = IngestOptions()) -> tuple[Version, list[Rejected]]:
@@ -188,6 +187,8 @@ def ingest(source: str, name: str, opts: IngestOptions = IngestOptions()) -> tup
         "quarantined_by_reason": counts}}
     quarantine = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rejected).encode()
     version = write_version(kind=read.kind, records=read.records, images=read.images, texts=read.texts,
-                            classes=read.classes, operation=operation, reports={"quarantine.jsonl": quarantine})
+                            classes=read.classes, operation=operation)
+    # the same content can come from several sources: the report is the latest ingest's (rewritten every time)
+    atomic_write_bytes(version_folder(version.id) / "quarantine.jsonl", quarantine)
     set_name(name, version.id)
     return version, rejected

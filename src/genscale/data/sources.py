@@ -20,8 +20,10 @@ resizes with Pillow's Lanczos filter.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -79,12 +81,23 @@ def image_array(im: Image.Image, channels: int) -> np.ndarray:
     return np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
 
 
+@contextlib.contextmanager
+def _own_pixel_cap() -> Iterator[None]:
+    """Pillow refuses images above 2x its MAX_IMAGE_PIXELS inside Image.open; the caller's `max_pixels`, checked on
+    the header before anything is decoded, decides instead."""
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def _decode(path: Path, channels: int, max_pixels: int) -> np.ndarray:
     if path.stat().st_size == 0:
         raise _Reject("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap decides, below
+        with warnings.catch_warnings(), _own_pixel_cap():
             with Image.open(path) as im:
                 w, h = im.size  # header only: nothing is decoded yet
                 if w * h > max_pixels:
@@ -149,7 +162,7 @@ def read_image_folder(root: str | Path, policy: ImagePolicy = ImagePolicy()) -> 
         elif policy.size_policy == "resize":
             kept.append((f, _fit_size(img, target)))
         else:
-            rejected.append(Rejected(str(f), f"size {img.shape[1]}x{img.shape[0]} is not the target "
+            rejected.append(Rejected(str(f), f"wrong size: {img.shape[1]}x{img.shape[0]}, not the target "
                                               f"{target[1]}x{target[0]} (size policy reject; set image_size or "
                                               "use the resize policy)"))
     rejected.sort(key=lambda r: r.source)
