@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from genscale.errors import GenscaleError
+from genscale.ui import progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (MAX_IMAGE_PIXELS)
@@ -146,11 +147,14 @@ def read_image_folder(root: str | Path, policy: ImagePolicy = ImagePolicy()) -> 
         raise GenscaleError(f"{root}: mixes images at the top level with class sub-folders")
     decoded: list[tuple[Path, np.ndarray]] = []
     rejected: list[Rejected] = []
-    for f in files:
-        try:
-            decoded.append((f, _decode(f, policy.channels, policy.max_pixels)))
-        except _Reject as e:
-            rejected.append(Rejected(str(f), str(e)))
+    with progress(transient=True) as bar:
+        task = bar.add_task(f"reading {root.name}", total=len(files))
+        for f in files:
+            try:
+                decoded.append((f, _decode(f, policy.channels, policy.max_pixels)))
+            except _Reject as e:
+                rejected.append(Rejected(str(f), str(e)))
+            bar.update(task, advance=1)
     if policy.image_size is not None:
         target = (policy.image_size, policy.image_size)
     else:

@@ -5,7 +5,8 @@ Layout under `GENSCALE_DATA` (default ./datasets):
                                    text: one JSON string per line); identical shards are stored once
   versions/<id>/version.json       kind, shape, classes, counts, shards, lineage (parent, operation, eval_basis)
   versions/<id>/manifest.jsonl     one line per record: source, sha256 of its content, bytes, label, split
-  versions/<id>/...                reports of the operation that made it (quarantine.jsonl, clean.json, ...)
+  versions/<id>/quarantine.jsonl   what the latest ingest of this content refused, with reasons
+  versions/<id>/clean-<tag>.json   reports of cleaning this version (one per settings), cleaned.json: their outputs
   names/<name>                     the version id a name points at (re-pointed by a later ingest)
 
 A version id is the first 16 hex digits of the sha256 of the kind, the record shape and every record's
@@ -104,9 +105,8 @@ def _check_records(records: list[Record], n: int) -> None:
 
 def write_version(*, kind: str, records: list[Record], images: np.ndarray | None = None,
                   texts: list[str] | None = None, classes: tuple[str, ...] = (), parent: str | None = None,
-                  operation: dict[str, Any], eval_basis: str | None = None,
-                  reports: dict[str, bytes] | None = None) -> Version:
-    """Store a version (shards, manifest, reports) and return it; an existing id is reused, not rewritten."""
+                  operation: dict[str, Any], eval_basis: str | None = None) -> Version:
+    """Store a version (shards, manifest) and return it; an existing id is reused, not rewritten."""
     if kind == "image":
         assert images is not None and images.dtype == np.uint8 and images.ndim == 4
         _check_records(records, len(images))
@@ -134,8 +134,6 @@ def write_version(*, kind: str, records: list[Record], images: np.ndarray | None
             "classes": list(classes) or ([str(c) for c in range(max(labels) + 1)] if labels else []),
             "shards": shards, "parent": parent, "eval_basis": eval_basis or vid, "operation": operation,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    for name, data in (reports or {}).items():
-        atomic_write_bytes(folder / name, data)
     manifest = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records)
     atomic_write_bytes(folder / "manifest.jsonl", manifest.encode())
     atomic_write_bytes(folder / "version.json", json.dumps(meta, indent=1).encode())  # last: marks it complete
