@@ -23,8 +23,8 @@ from genscale.data.builtin import load_fashion_mnist
 from genscale.data.clean import CleanSettings, centred_pixel_distance, clean_version, hamming_pairs, phash64
 from genscale.data.corrupt import corrupt_version, near_copy
 from genscale.data.datasets import load_image_data
-from genscale.data.ingest import IngestOptions, ingest, reason_kind
-from genscale.data.sources import ImagePolicy, image_array, read_image_folder
+from genscale.data.ingest import IngestOptions, ingest
+from genscale.data.sources import ImagePolicy, image_array, read_image_folder, reason_kind
 from genscale.data.store import list_names, load_images, load_texts, load_version, set_name, version_folder
 from genscale.errors import GenscaleError
 from genscale.paths import data_dir

@@ -99,8 +99,8 @@ def data_ingest(
         size_policy: Annotated[str, typer.Option(help="images of another size: reject or resize")] = "reject",
         max_pixels: Annotated[int, typer.Option(help="images with more pixels are refused unread")] = 89_478_485):
     """Validate and store a source as a dataset version; bad records go to a quarantine report."""
-    from genscale.data.ingest import IngestOptions, ingest, reason_kind
-    from genscale.data.sources import DEFAULT_MAX_PIXELS, ImagePolicy
+    from genscale.data.ingest import IngestOptions, ingest
+    from genscale.data.sources import DEFAULT_MAX_PIXELS, ImagePolicy, count_reasons
     from genscale.data.store import version_folder
 
     if kind not in ("auto", "image", "text"):
@@ -119,9 +119,7 @@ def data_ingest(
     out.print(f"{name} -> version {version.id}: {m['records']:,} {m['kind']} records "
               f"(train {m['splits']['train']:,}, test {m['splits']['test']:,})"
               + (f", shape {tuple(m['shape'])}" if m["shape"] else ""))
-    counts: dict[str, int] = {}
-    for r in rejected:
-        counts[reason_kind(r.reason)] = counts.get(reason_kind(r.reason), 0) + 1
+    counts = count_reasons([r.reason for r in rejected])
     if rejected:
         out.print(f"quarantined {len(rejected)}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
                   + f"; list: {version_folder(version.id) / 'quarantine.jsonl'}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ import scipy.fft
 import torch
 from PIL import Image
 
+from genscale.data.sources import reason_kind
 from genscale.data.store import Version, load_images, load_texts, load_version, version_folder, write_version
 from genscale.paths import atomic_write_bytes
 from genscale.ui import progress
@@ -232,10 +234,6 @@ def clean_text_records(texts: list[str], hashes: list[str], is_test: np.ndarray,
                       "near_pairs_within_test": sum(bool(is_test[i] and is_test[j]) for i, j, _ in confirmed)}
 
 
-def _reason_group(reason: str) -> str:
-    return reason.split(":")[0]
-
-
 def _pairs_grid(images: np.ndarray, removals: list[Removal], k: int = 12) -> bytes:
     """PNG: one row per example pair, the removed image on the left, the one it duplicates on the right."""
     pairs = [r for r in removals if r.partner is not None][:k]
@@ -275,10 +273,7 @@ def clean_version(version: Version, settings: CleanSettings = CleanSettings()) -
     removals.sort(key=lambda r: r.index)
     drop = {r.index for r in removals}
     keep = [i for i in range(len(version.records)) if i not in drop]
-    counts: dict[str, int] = {}
-    for r in removals:
-        group = _reason_group(r.reason) + (" (train near test: leakage)" if r.leak else "")
-        counts[group] = counts.get(group, 0) + 1
+    counts = dict(Counter(reason_kind(r.reason) + (" (train near test: leakage)" if r.leak else "") for r in removals))
     src = version.records
     report = {
         "input": version.id, "settings": asdict(settings), "records_in": len(src), "records_out": len(keep),
@@ -310,7 +305,7 @@ def _examples(removals: list[Removal], per_reason: int = 4) -> list[Removal]:
     seen: dict[str, int] = {}
     out = []
     for r in sorted(removals, key=lambda r: r.partner is None):
-        key = _reason_group(r.reason) + str(r.leak)
+        key = reason_kind(r.reason) + str(r.leak)
         if seen.get(key, 0) < per_reason:
             seen[key] = seen.get(key, 0) + 1
             out.append(r)

@@ -11,7 +11,6 @@ the version's `quarantine.jsonl` and counted in the summary. Source files are on
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +20,15 @@ import numpy as np
 from genscale.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
 from genscale.data.datasets import stratified_order
 from genscale.data.idx import read_idx
-from genscale.data.sources import IMAGE_SUFFIXES, ImagePolicy, Rejected, image_files, load_npz, read_image_folder
+from genscale.data.sources import (
+    IMAGE_SUFFIXES,
+    ImagePolicy,
+    Rejected,
+    count_reasons,
+    image_files,
+    load_npz,
+    read_image_folder,
+)
 from genscale.data.store import (
     Record,
     Version,
@@ -144,12 +151,6 @@ def _assign_test(read: _Read, opts: IngestOptions) -> None:
                     for i, r in enumerate(read.records)]
 
 
-def reason_kind(reason: str) -> str:
-    """The name of a reason, for counting: the text before its first ': ' or ' (' ('decompression bomb: ...' ->
-    'decompression bomb', 'not UTF-8 (invalid byte ...)' -> 'not UTF-8')."""
-    return re.split(r": | \(", reason, maxsplit=1)[0]
-
-
 def ingest(source: str, name: str, opts: IngestOptions = IngestOptions()) -> tuple[Version, list[Rejected]]:
     """Read, validate and store `source` as a dataset version named `name`; returns it and the quarantine list."""
     check_name(name)
@@ -177,9 +178,7 @@ def ingest(source: str, name: str, opts: IngestOptions = IngestOptions()) -> tup
         if not opts.test:
             _assign_test(read, opts)
     rejected = read.rejected or []
-    counts: dict[str, int] = {}
-    for r in rejected:
-        counts[reason_kind(r.reason)] = counts.get(reason_kind(r.reason), 0) + 1
+    counts = count_reasons([r.reason for r in rejected])
     operation: dict[str, Any] = {"ingest": {
         "source": source, "test": opts.test, "kind": read.kind, "policy": asdict(opts.policy),
         "field": opts.field if read.kind == "text" else None, "test_fraction": None if opts.test else

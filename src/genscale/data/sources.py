@@ -21,6 +21,7 @@ resizes with Pillow's Lanczos filter.
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -44,6 +45,17 @@ class Rejected:
 
     source: str
     reason: str
+
+
+def reason_kind(reason: str) -> str:
+    """The name of a reason, for counting: the text before its first ': ' or ' (' ('decompression bomb: ...' ->
+    'decompression bomb', 'not UTF-8 (invalid byte ...)' -> 'not UTF-8')."""
+    return re.split(r": | \(", reason, maxsplit=1)[0]
+
+
+def count_reasons(reasons: list[str]) -> dict[str, int]:
+    """How many reasons of each kind, in order of first appearance."""
+    return dict(Counter(reason_kind(r) for r in reasons))
 
 
 @dataclass(frozen=True)
