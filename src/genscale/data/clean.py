@@ -256,11 +256,9 @@ def clean_version(version: Version, settings: CleanSettings = CleanSettings()) -
     # reports live with the input (a cleaned version's content, hence its id, can come from several inputs)
     tag = hashlib.sha256(settings.key().encode()).hexdigest()[:8]
     report_path = version_folder(version.id) / f"clean-{tag}.json"
-    cached = version_folder(version.id) / "cleaned.json"
-    if cached.exists() and report_path.exists():
-        known = json.loads(cached.read_text())
-        if settings.key() in known:
-            return load_version(known[settings.key()]), json.loads(report_path.read_text())
+    if report_path.exists():  # cleaned before with these settings: the report names the output
+        report = json.loads(report_path.read_text())
+        return load_version(report["output"]), report
     is_test = version.split_mask("test")
     hashes = [r.sha256 for r in version.records]
     images = texts = None
@@ -293,10 +291,7 @@ def clean_version(version: Version, settings: CleanSettings = CleanSettings()) -
     if images is not None and (grid := _pairs_grid(images, _examples(removals))):
         atomic_write_bytes(report_path.with_suffix(".png"), grid)
         report["example_pairs"] = str(report_path.with_suffix(".png"))
-    atomic_write_bytes(report_path, json.dumps(report, indent=1, ensure_ascii=False).encode())
-    known = json.loads(cached.read_text()) if cached.exists() else {}
-    known[settings.key()] = cleaned.id
-    atomic_write_bytes(cached, json.dumps(known).encode())
+    atomic_write_bytes(report_path, json.dumps(report, indent=1, ensure_ascii=False).encode())  # last: the cache
     return cleaned, report
 
 

@@ -6,7 +6,7 @@ Layout under `GENSCALE_DATA` (default ./datasets):
   versions/<id>/version.json       kind, shape, classes, counts, shards, lineage (parent, operation, eval_basis)
   versions/<id>/manifest.jsonl     one line per record: source, sha256 of its content, bytes, label, split
   versions/<id>/quarantine.jsonl   what the latest ingest of this content refused, with reasons
-  versions/<id>/clean-<tag>.json   reports of cleaning this version (one per settings), cleaned.json: their outputs
+  versions/<id>/clean-<tag>.json   reports of cleaning this version, one per settings, naming the cleaned version
   names/<name>                     the version id a name points at (re-pointed by a later ingest)
 
 A version id is the first 16 hex digits of the sha256 of the kind, the record shape and every record's
