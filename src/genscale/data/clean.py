@@ -11,7 +11,8 @@ reference; duplicates within test are reported):
   3. near-duplicates. Images: 64-bit perceptual hash (pHash, as the `imagehash` library computes it) within
      `phash_distance` bits, confirmed in pixel space: mean |(a - mean a) - (b - mean b)| <= `pixel_distance`.
      The pixel check is needed on small images: among the first 10,000 Fashion-MNIST images, 18 pairs share an
-     identical pHash yet differ by >= 12 in pixels (benchmarks/data_pipeline.py ingest). Text: MinHash/LSH (datasketch) on character 5-grams, Jaccard >= threshold.
+     identical pHash yet differ by >= 12 in pixels (benchmarks/data_pipeline.py ingest).
+     Text: MinHash/LSH (datasketch) on character 5-grams, Jaccard >= threshold.
      A train record near a test record is removed; of a train pair, the later record is removed unless its partner
      was removed already.
 """

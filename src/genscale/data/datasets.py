@@ -103,9 +103,8 @@ def _version(name: str, *arrays: np.ndarray | None) -> str:
     return h.hexdigest()
 
 
-def _stored_splits(vid: str, cfg: DataConfig) -> tuple[ImageData, ImageData, ImageData, Version]:
+def _stored_splits(version: Version, cfg: DataConfig) -> tuple[ImageData, ImageData, ImageData]:
     """train, val, test of a stored image version: test as recorded at ingest, val carved from train."""
-    version = load_version(vid)
     x, y = load_images(version), version.labels()
     parts = []
     for split in ("train", "test"):
@@ -116,7 +115,7 @@ def _stored_splits(vid: str, cfg: DataConfig) -> tuple[ImageData, ImageData, Ima
         raise GenscaleError(f"dataset {version.id}: {len(x_train)} train and {len(x_test)} test images are too few")
     train, val, _ = _split(x_train, y_train, round(len(x_train) * cfg.val_fraction), 0, cfg.split_seed)
     test = ImageData(torch.from_numpy(x_test), None if y_test is None else torch.from_numpy(y_test))
-    return train, val, test, version
+    return train, val, test
 
 
 def load_image_data(cfg: DataConfig) -> DataSplits:
@@ -127,9 +126,9 @@ def load_image_data(cfg: DataConfig) -> DataSplits:
         version = load_version(cfg.dataset or "")
         if cfg.clean:
             version, _ = clean_version(version)
-        train, val, test, version = _stored_splits(version.id, cfg)
+        train, val, test = _stored_splits(version, cfg)
         basis = version.meta["eval_basis"]
-        basis_train = None if basis == version.id else _stored_splits(basis, cfg)[0]
+        basis_train = None if basis == version.id else _stored_splits(load_version(basis), cfg)[0]
         subset = nested_subset(train, cfg.size, cfg.split_seed)
         return DataSplits(subset, train, val, test, cfg.dataset or version.id, version.id,
                           len(version.meta["classes"]) if version.labels() is not None else 0,

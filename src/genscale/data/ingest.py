@@ -11,7 +11,7 @@ the version's `quarantine.jsonl` and counted in the summary. Source files are on
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ from genscale.data.store import (
     version_folder,
     write_version,
 )
+from genscale.data.text import JSONL_SUFFIXES, TEXT_SUFFIXES
 from genscale.errors import GenscaleError
 from genscale.paths import atomic_write_bytes
 
@@ -64,7 +65,7 @@ class _Read:
     rejected: list[Rejected] | None = None
 
 
-TEXT_SUFFIXES_ALL = (".txt", ".text", ".md", ".jsonl")
+TEXT_SUFFIXES_ALL = TEXT_SUFFIXES + JSONL_SUFFIXES
 
 
 def _detect_kind(path: Path) -> str:
@@ -159,12 +160,11 @@ def ingest(source: str, name: str, opts: IngestOptions = IngestOptions()) -> tup
     else:
         read = _read(source, opts, "train")
         if opts.test:
-            test = _read(opts.test, IngestOptions(**{**asdict(opts), "kind": read.kind,
-                                                      "policy": opts.policy}), "test")
+            test = _read(opts.test, replace(opts, kind=read.kind), "test")
             if test.kind != read.kind:
                 raise GenscaleError(f"--test {opts.test}: holds {test.kind}, the source holds {read.kind}")
-            if read.kind == "image" and test.images is not None and read.images is not None \
-                    and len(test.images) and len(read.images) and test.images.shape[1:] != read.images.shape[1:]:
+            if read.kind == "image" and test.records and read.records \
+                    and test.images.shape[1:] != read.images.shape[1:]:
                 raise GenscaleError(f"--test {opts.test}: images are {test.images.shape[1:]}, the source's are "
                                     f"{read.images.shape[1:]}; set --image-size")
             read.records += test.records
