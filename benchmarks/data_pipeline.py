@@ -90,7 +90,7 @@ def loader(args: argparse.Namespace) -> dict:
     from genscale.data.augment import augment_real, parse_augment
     from genscale.data.datasets import load_image_data
     from genscale.data.ingest import ingest as ingest_version
-    from genscale.train.loop import build_gan_run, gan_step
+    from genscale.train.gan import build_gan_run, gan_step
     from genscale.train.machinery import BatchStream, to_unit_range
 
     os.environ["GENSCALE_DATA"] = tempfile.mkdtemp(prefix="genscale-bench-data-")

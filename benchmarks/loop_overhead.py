@@ -25,6 +25,7 @@ from genscale.config import RunConfig
 from genscale.data.datasets import load_image_data
 from genscale.models.gan import build_gan
 from genscale.tracking import Tracker
+from genscale.train.gan import GanRecipe
 from genscale.train.loop import fit
 from genscale.train.machinery import make_ema
 
@@ -33,8 +34,8 @@ def bare_loop(cfg: RunConfig, x: torch.Tensor, steps: int) -> float:
     """The loop a user writes by hand; returns seconds per step."""
     torch.manual_seed(cfg.train.seed)
     g, d = build_gan(cfg.model.arch, cfg.model.size, z_dim=cfg.model.z_dim, image_shape=tuple(x.shape[1:]))
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.train.lr_g, betas=cfg.train.betas)
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.train.lr_d, betas=cfg.train.betas)
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.train.lr_g, betas=cfg.train.adam_betas("gan"))
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.train.lr_d, betas=cfg.train.adam_betas("gan"))
     ema = make_ema(g, cfg.train.ema_decay)
     bs, z_dim = cfg.train.batch_size, cfg.model.z_dim
     per_epoch = len(x) // bs
@@ -64,7 +65,7 @@ def genscale_loop(cfg: RunConfig, splits, steps: int) -> float:
         tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "bench")
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": steps})})
         start = time.perf_counter()
-        fit(cfg, Path(tmp) / "run", splits, tracker, torch.device("cpu"))
+        fit(cfg, Path(tmp) / "run", GanRecipe(cfg, splits, torch.device("cpu")), tracker, torch.device("cpu"))
         return (time.perf_counter() - start) / steps
 
 

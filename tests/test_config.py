@@ -4,7 +4,7 @@ import pytest
 
 from genscale.config import RunConfig, load_config
 from genscale.errors import GenscaleError
-from genscale.models.gan import PRESETS
+from genscale.models import PRESETS
 
 ALL = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 CONFIGS = [p for p in ALL if not p.name.startswith("study-")]

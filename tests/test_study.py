@@ -21,8 +21,8 @@ from genscale.errors import GenscaleError
 from genscale.paths import runs_dir
 from genscale.study.analysis import analyse_study
 from genscale.study.execute import create_study, read_plan
-from genscale.study.spec import expand_grid, load_study
-from genscale.train.loop import measure_flops_per_step
+from genscale.study.spec import SCALING_AXES, expand_grid, load_study
+from genscale.train.gan import gan_flops_per_step
 
 GENSCALE = [sys.executable, "-m", "genscale.cli"]
 TINY_RUN = {
@@ -75,7 +75,7 @@ def test_flops_axis_resolves_to_steps_from_counted_flops(tmp_path):
     study_dir = create_study(write_study(tmp_path, axes={"train.flops": [2e9, 4e9]}), tmp_path / "s")
     plan = read_plan(study_dir)
     cfg = expand_grid(*load_study(tmp_path / "study.yaml"))[0].config
-    per_step = measure_flops_per_step(cfg, (1, 28, 28))
+    per_step = gan_flops_per_step(cfg, (1, 28, 28))
     assert [t["config"]["train"]["steps"] for t in plan["trials"]] == [round(2e9 / per_step), round(4e9 / per_step)]
 
 
@@ -86,8 +86,8 @@ def test_flops_axis_resolves_to_steps_from_counted_flops(tmp_path):
     ({"axes": {"data.size": [64, 10**6]}}, "data.size 1000000 is larger than the dataset's 55000"),
     ({"metric": "bleu"}, "metric 'bleu' is not produced"),
     ({"metric": "fid"}, "metric 'fid' is not produced"),  # the inception name, with the classifier extractor
-    ({"metric": "is_fmnist"}, "higher-is-better"),
-    ({"axes": {"init_from": ["a", "b"]}}, "axis 'init_from' is not available"),
+    ({"metric": "is_fmnist"}, "not a lower-is-better"),
+    ({"axes": {"init_from": ["a", "b"]}}, "built for the gpt family only"),
     ({"axes": {"eval.extractor": ["inception", "fmnist-classifier"]}}, "cannot vary"),
     ({"axes": {"data.size": ["many"]}}, "key 'data.size'"),
     ({"axes": {"train.steps": [1], "train.flops": [1e9]}}, "not both"),
@@ -103,8 +103,8 @@ def test_bad_study_is_one_error_line_on_the_command_line(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'study.yaml'}: unknown axis 'model.depth' "
-                                                "(use data.size, model.size, train.steps, train.flops, seed, or "
-                                                "another run-config key such as train.lr_d)"]
+                                                "(use data.size, model.size, train.steps, train.flops, seed, "
+                                                "init_from, or another run-config key such as train.lr_d)"]
 
 
 def _synthetic_study(folder: Path, law) -> Path:
@@ -224,3 +224,17 @@ def test_treatment_axes_expand_and_bad_values_name_the_key():
     bad = StudyConfig.model_validate({"axes": {"data.augment": ["none", "flipp"]}})
     with pytest.raises(GenscaleError, match=r"key 'data.augment'.*unknown augmentation 'flipp'"):
         expand_grid(bad, base)
+
+
+def test_init_from_axis_compares_pretrained_with_scratch(tmp_path):
+    """init_from is a treatment axis: one trial per value, the run folder's name in the trial id."""
+    study = tmp_path / "ft.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "ft", "metric": "val_loss",
+        "run": {"data": {"source": "shakespeare", "size": 1000}, "model": {"family": "gpt", "size": "tiny"}},
+        "axes": {"init_from": [None, str(tmp_path / "runs" / "abc123")], "train.steps": [10, 20]}}))
+    trials = expand_grid(*load_study(study))
+    assert [t.id for t in trials] == ["t000-init_from=None-steps=10", "t001-init_from=None-steps=20",
+                                      "t002-init_from=abc123-steps=10", "t003-init_from=abc123-steps=20"]
+    assert trials[2].config.model.init_from == str(tmp_path / "runs" / "abc123")
+    assert "init_from" not in SCALING_AXES and "model.init_from" not in SCALING_AXES

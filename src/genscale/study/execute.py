@@ -41,32 +41,34 @@ def read_plan(study_dir: Path) -> dict[str, Any]:
 
 def create_study(path: str | Path, out: Path | None = None) -> Path:
     """Expand and check the study, then write its folder; nothing trains here, so bad input costs nothing."""
-    from genscale.data.datasets import DataSplits, load_image_data
-    from genscale.train.loop import measure_flops_per_step
+    from genscale.pipeline import load_data
 
     study, base = load_study(path)
     origin = str(path)
     trials = expand_grid(study, base, origin)
     check_metric(study, trials, origin)
-    fulls: dict[str, DataSplits] = {}  # one load per distinct data source (e.g. raw and cleaned); cleaning is cached
+    fulls: dict[str, Any] = {}  # one load per distinct data source (raw and cleaned, tokenizers); all cached
+    data_key: dict[str, str] = {}  # trial id -> its key in fulls
     for t in trials:
-        data = t.config.data.model_copy(update={"size": None, "augment": "none"})
-        key = data.model_dump_json()
+        whole = t.config.model_copy(update={"data": t.config.data.model_copy(update={"size": None, "augment": "none"})})
+        key = whole.data.model_dump_json() + str(whole.model.family) + str(whole.model.init_from)
         if key not in fulls:
-            fulls[key] = load_image_data(data)
-        check_data_sizes([t], len(fulls[key].full_train), origin)
-    full = min(fulls.values(), key=lambda s: len(s.full_train))
+            fulls[key] = load_data(whole)
+        check_data_sizes([t], _full_size(fulls[key]), origin)
+        data_key[t.id] = key
+    full = min(fulls.values(), key=_full_size)
     if "train.flops" in study.axes:  # a FLOP budget becomes a step count: budget / counted FLOPs of one step
         counted: dict[str, int] = {}  # one count per distinct model and step shape
         for t in trials:
-            key = t.config.model.model_dump_json() + f"{t.config.train.batch_size}/{t.config.train.d_steps}"
+            c = t.config
+            key = c.model.model_dump_json() + f"{c.train.batch_size}/{c.train.d_steps}/{c.train.grad_accum}"
             if key not in counted:
-                counted[key] = measure_flops_per_step(t.config, full.image_shape)
+                counted[key] = _flops_per_step(c, fulls[data_key[t.id]])
             t.config.train.steps = max(1, round(float(t.axes["train.flops"]) / counted[key]))
-    operating_size = study.operating_point.data_size or len(full.full_train)
-    if operating_size > len(full.full_train):
+    operating_size = study.operating_point.data_size or _full_size(full)
+    if operating_size > _full_size(full):
         raise GenscaleError(f"{origin}: operating_point.data_size {operating_size} is larger than the dataset's "
-                            f"{len(full.full_train)} training examples")
+                            f"{_full_size(full)} training examples")
 
     study_dir = out or runs_dir() / "studies" / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if study_dir.exists() and any(study_dir.iterdir()):
@@ -80,7 +82,7 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
     (study_dir / "trials").mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(Path(path).read_text())
     plan = {"name": study.name, "study": study.model_dump(mode="json"), "parent_run_id": parent.run_id,
-            "dataset": full.name, "dataset_version": full.version, "full_data_size": len(full.full_train),
+            "dataset": full.name, "dataset_version": full.version, "full_data_size": _full_size(full),
             "operating_data_size": operating_size,
             "trials": [{"id": t.id, "axes": t.axes, "config": t.config.model_dump(mode="json")} for t in trials]}
     _write_json(study_dir / "plan.json", plan)
@@ -88,6 +90,23 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
     parent.set_tags({"study.folder": str(study_dir.absolute()), "study.trials": len(trials)})
     parent.client.update_run(parent.run_id, status="SCHEDULED")
     return study_dir
+
+
+def _full_size(data: Any) -> int:
+    """Unique training examples before `data.size` cuts them: images, or tokens for text."""
+    from genscale.data.tokens import TextData
+
+    return len(data.train_full) if isinstance(data, TextData) else len(data.full_train)
+
+
+def _flops_per_step(cfg: RunConfig, data: Any) -> int:
+    if cfg.model.family == "gpt":
+        from genscale.train.gpt import gpt_flops_per_step
+
+        return gpt_flops_per_step(cfg, data.tokenizer.vocab_size)
+    from genscale.train.gan import gan_flops_per_step
+
+    return gan_flops_per_step(cfg, data.image_shape)
 
 
 def trials_of(plan: dict[str, Any]) -> list[Trial]:
@@ -144,9 +163,11 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
     cfg = RunConfig.model_validate(entry["config"])
     result = {
         "trial": trial_id, "axes": entry["axes"], "run_id": tracked_run_id(folder),
-        "D": summary["data_size"], "N": summary["params_g"] + summary["params_d"],
-        "params_g": summary["params_g"], "params_d": summary["params_d"], "C": summary["flops"],
-        "steps": summary["steps"], "examples_seen": summary["steps"] * cfg.train.batch_size * cfg.train.d_steps,
+        "D": summary["data_size"], "N": summary["params"],
+        **{k: summary[k] for k in ("params_g", "params_d", "tokenizer", "vocab_size") if k in summary},
+        "C": summary["flops"], "steps": summary["steps"],
+        "examples_seen": summary["steps"] * (summary["tokens_per_step"] if "tokens_per_step" in summary
+                                             else cfg.train.batch_size * cfg.train.d_steps),
         "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
         "wall_seconds": time.time() - started, "device": summary["device"],
         "dataset": summary["dataset"], "dataset_version": summary["dataset_version"],
@@ -158,15 +179,19 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
 
 
 def prepare_evaluation(trial: Trial) -> None:
-    """Train/cache the feature extractor and the reference features once, before trials race to do it."""
-    from genscale.data.datasets import load_image_data
+    """Train/cache the feature extractor and the reference features (gan), or the tokenizer and the tokenized
+    shards (gpt), once, before trials race to do it."""
+    from genscale.pipeline import load_data
+
+    cfg = trial.config
+    data = load_data(cfg)
+    if cfg.model.family == "gpt":
+        return
     from genscale.metrics.evaluate import make_extractor, reference_features
     from genscale.train.machinery import select_device
 
-    cfg = trial.config
-    splits = load_image_data(cfg.data)
-    extractor = make_extractor(splits, cfg.eval, select_device(cfg.train.device))
-    reference_features(extractor, splits, min(cfg.eval.n_samples, len(splits.test)), cfg.eval.batch_size)
+    extractor = make_extractor(data, cfg.eval, select_device(cfg.train.device))
+    reference_features(extractor, data, min(cfg.eval.n_samples, len(data.test)), cfg.eval.batch_size)
 
 
 def _start_ray(workers: int, cpus_per_trial: float, gpus_per_trial: float, address: str | None):
@@ -201,7 +226,8 @@ def run_study(study_dir: Path, *, workers: int | None = None, ray_address: str |
                   f"{len(pending)} to run on {workers if not ray_address else 'the cluster'} "
                   f"{'worker' if workers == 1 else 'workers'}  ({study_dir})")
     if pending:
-        with console.status("preparing the feature extractor and reference features (cached after first use)"):
+        with console.status("preparing the evaluation: feature extractor and reference features, or tokenized "
+                            "text (cached after first use)"):
             prepare_evaluation(pending[0])
         for t in pending:  # a failed trial starts again from its checkpoints
             (study_dir / "trials" / t.id / "error.json").unlink(missing_ok=True)

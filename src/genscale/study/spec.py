@@ -20,12 +20,11 @@ from genscale.errors import GenscaleError
 from genscale.metrics.evaluate import LOWER_IS_BETTER, produced_metrics
 
 # Axes with a meaning beyond "set this config key"; any other run-config key (e.g. train.lr_d) is an axis too.
-ALIASES = {"seed": "train.seed"}
+ALIASES = {"seed": "train.seed", "init_from": "model.init_from"}
 # Axes the laws are fitted over; every other axis (data.clean, data.augment, train.lr_d, ...) is a treatment that
 # is compared value against value, paired over trials equal in every other axis.
 SCALING_AXES = ("data.size", "model.size", "train.steps", "train.flops", "seed")
 NOT_BUILT = {
-    "init_from": "pretrained initialisation arrives with the text models (issue 5)",
     "train.gpus": "data-parallel training (DDP) is not built yet; each trial uses one device",
 }
 FORBIDDEN = {"eval.extractor": "every trial of a study must use one feature extractor (never mix them)",
@@ -71,7 +70,10 @@ class Trial:
 
 
 def _slug(value: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]", "_", f"{value:g}" if isinstance(value, float) else str(value))
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    if "/" in text:  # a run folder (init_from): its name is enough
+        text = Path(text.rstrip("/")).name
+    return re.sub(r"[^A-Za-z0-9.+-]", "_", text)
 
 
 def _known_key(key: str) -> bool:
@@ -118,7 +120,7 @@ def expand_grid(study: StudyConfig, base: dict[str, Any], origin: str = "study")
             raise GenscaleError(f"{origin}: axis '{axis}' cannot vary: {FORBIDDEN[key]}")
         if key != "train.flops" and not _known_key(key):
             raise GenscaleError(f"{origin}: unknown axis '{axis}' (use data.size, model.size, train.steps, "
-                                "train.flops, seed, or another run-config key such as train.lr_d)")
+                                "train.flops, seed, init_from, or another run-config key such as train.lr_d)")
         if not values:
             raise GenscaleError(f"{origin}: axis '{axis}' has no values")
         if len(set(map(str, values))) != len(values):
@@ -155,9 +157,9 @@ def check_metric(study: StudyConfig, trials: list[Trial], origin: str = "study")
                                 f"{', '.join(sorted(produced))})")
         if not t.config.eval.on_train_end:
             raise GenscaleError(f"{origin}: eval.on_train_end must be true: trials are evaluated as they end")
-    if study.metric.split("_")[0] not in LOWER_IS_BETTER:
-        raise GenscaleError(f"{origin}: metric '{study.metric}' is higher-is-better; scaling laws are fitted "
-                            f"to a lower-is-better metric ({', '.join(LOWER_IS_BETTER)} with the extractor's suffix)")
+    if study.metric not in LOWER_IS_BETTER:
+        raise GenscaleError(f"{origin}: metric '{study.metric}' is not a lower-is-better quality metric; scaling laws "
+                            f"are fitted to one of {', '.join(LOWER_IS_BETTER)}")
 
 
 def check_data_sizes(trials: list[Trial], full_size: int, origin: str = "study") -> None:

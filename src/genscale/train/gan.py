@@ -1,13 +1,30 @@
-"""The GAN objective: losses named after their papers and one training step (D updates, then G)."""
+"""The GAN family: losses named after their papers, one training step (D updates, then G), and the recipe the
+shared loop drives."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from genscale.config import RunConfig
+from genscale.data.augment import augment_real, diff_augment, parse_augment
+from genscale.data.datasets import DataSplits
+from genscale.models.gan import build_gan, count_parameters
+from genscale.train.checkpoint import optimizer_from_flat, optimizer_to_flat, prefixed, unprefixed
+from genscale.train.machinery import (
+    BatchStream,
+    autocast_for,
+    count_flops,
+    make_ema,
+    seed_everything,
+    to_unit_range,
+)
 
 
 def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -81,3 +98,99 @@ class GanStep:
         self.opt_g.step()
         self.d.requires_grad_(True)
         return torch.stack([loss_d.detach(), loss_g.detach()]).float()
+
+
+@dataclass
+class GanRun:
+    """Everything a GAN run trains or restores; `tensors()` / `restore()` map it to a checkpoint."""
+
+    g: nn.Module
+    d: nn.Module
+    ema: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    noise: torch.Generator
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        t_g, m_g = optimizer_to_flat(self.opt_g, "opt_g")
+        t_d, m_d = optimizer_to_flat(self.opt_d, "opt_d")
+        tensors = {**prefixed(self.g.state_dict(), "g"), **prefixed(self.d.state_dict(), "d"),
+                   **prefixed(self.ema.state_dict(), "ema"), **t_g, **t_d,
+                   "rng.noise": self.noise.get_state(), "rng.torch": torch.get_rng_state()}
+        return tensors, {"opt_g": m_g, "opt_d": m_d}
+
+    def restore(self, tensors: dict[str, torch.Tensor], sidecar: dict[str, Any]) -> None:
+        self.g.load_state_dict(unprefixed(tensors, "g"))
+        self.d.load_state_dict(unprefixed(tensors, "d"))
+        self.ema.load_state_dict(unprefixed(tensors, "ema"))
+        optimizer_from_flat(self.opt_g, "opt_g", tensors, sidecar["opt_g"])
+        optimizer_from_flat(self.opt_d, "opt_d", tensors, sidecar["opt_d"])
+        self.noise.set_state(tensors["rng.noise"])
+        torch.set_rng_state(tensors["rng.torch"])
+
+
+def build_gan_run(cfg: RunConfig, image_shape: tuple[int, int, int], device: torch.device) -> GanRun:
+    seed_everything(cfg.train.seed)
+    m, t = cfg.model, cfg.train
+    g, d = build_gan(m.arch, m.size, z_dim=m.z_dim, image_shape=image_shape, loss=m.loss)
+    g, d = g.to(device), d.to(device)
+    betas = t.adam_betas("gan")
+    return GanRun(g=g, d=d, ema=make_ema(g, t.ema_decay),
+                  opt_g=torch.optim.Adam(g.parameters(), lr=t.lr_g, betas=betas),
+                  opt_d=torch.optim.Adam(d.parameters(), lr=t.lr_d, betas=betas),
+                  noise=torch.Generator(device).manual_seed(t.seed))
+
+
+def gan_step(cfg: RunConfig, run: GanRun) -> GanStep:
+    m = cfg.model
+    _, policy = parse_augment(cfg.data.augment)
+    augment = functools.partial(diff_augment, policy=policy, generator=run.noise) if policy else identity
+    return GanStep(run.g, run.d, run.opt_g, run.opt_d, m.loss, m.z_dim, m.gp_weight, run.noise, augment)
+
+
+class GanRecipe:
+    """The GAN family for the shared loop: per step, `d_steps` real batches (augmented) and one GanStep, then the
+    generator's EMA update."""
+
+    log_names = ("loss_d", "loss_g")
+
+    def __init__(self, cfg: RunConfig, splits: DataSplits, device: torch.device):
+        self.cfg, self.splits = cfg, splits
+        self.run = build_gan_run(cfg, splits.image_shape, device)
+        self.step_fn = gan_step(cfg, self.run)
+        self.stream = BatchStream(splits.train.x.to(device), cfg.train.batch_size, cfg.train.seed)
+        self.real_ops, _ = parse_augment(cfg.data.augment)
+
+    def step(self, step: int, autocast: Callable[[], Any], *, eager: bool = False) -> torch.Tensor:
+        d_steps = self.cfg.train.d_steps
+        reals = [augment_real(to_unit_range(self.stream.batch(step * d_steps + k)), self.real_ops, self.run.noise)
+                 for k in range(d_steps)]
+        losses = self.step_fn(reals, autocast)
+        self.run.ema.update_parameters(self.run.g)
+        return losses
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, meta = self.run.tensors()
+        return tensors, {**meta, "image_shape": self.splits.image_shape}
+
+    def restore(self, tensors: dict[str, torch.Tensor], sidecar: dict[str, Any]) -> None:
+        self.run.restore(tensors, sidecar)
+
+    def epochs(self, steps: int) -> float:
+        return self.stream.epochs(steps * self.cfg.train.d_steps)
+
+    def summary(self) -> dict[str, Any]:
+        """What a study needs of the model and data: unique examples D and parameters N."""
+        params_g, params_d = count_parameters(self.run.g), count_parameters(self.run.d)
+        return {"dataset": self.splits.name, "dataset_version": self.splits.version,
+                "data_size": len(self.splits.train), "params": params_g + params_d,
+                "params_g": params_g, "params_d": params_d}
+
+
+def gan_flops_per_step(cfg: RunConfig, image_shape: tuple[int, int, int]) -> int:
+    """FLOPs of one training step of this config (counted on the CPU, as the loop counts its first step)."""
+    device = torch.device("cpu")
+    run = build_gan_run(cfg, image_shape, device)
+    step_fn = gan_step(cfg, run)
+    reals = [torch.zeros(cfg.train.batch_size, *image_shape) for _ in range(cfg.train.d_steps)]
+    return count_flops(lambda: step_fn(reals, autocast_for(device, "fp32")))[1]

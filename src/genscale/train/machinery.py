@@ -12,7 +12,7 @@ from rich.progress import (
     TextColumn,
 )
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
 from genscale.errors import GenscaleError
 from genscale.ui import progress
@@ -54,9 +54,17 @@ def make_ema(module: torch.nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
+# torch's counter knows the CUDA attention kernels; the CPU one gets the same formulas (which, like the usual
+# 6N + 12 L T d estimate, count the full T x T score matrix even when attention is causal)
+_CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa_flop.__wrapped__,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: sdpa_backward_flop.__wrapped__,
+}
+
+
 def count_flops(fn: Callable[[], object]) -> tuple[object, int]:
     """Run `fn` once under torch.utils.flop_counter and return (its result, FLOPs counted)."""
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS)
     with counter:
         result = fn()
     return result, counter.get_total_flops()
