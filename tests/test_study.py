@@ -238,3 +238,9 @@ def test_init_from_axis_compares_pretrained_with_scratch(tmp_path):
                                       "t002-init_from=abc123-steps=10", "t003-init_from=abc123-steps=20"]
     assert trials[2].config.model.init_from == str(tmp_path / "runs" / "abc123")
     assert "init_from" not in SCALING_AXES and "model.init_from" not in SCALING_AXES
+
+
+def test_trial_ids_name_axes_that_share_a_last_part_in_full(tmp_path):
+    study, base = load_study(write_study(tmp_path, axes={"data.size": [64], "model.size": ["tiny"],
+                                                         "train.steps": [5]}))
+    assert [t.id for t in expand_grid(study, base)] == ["t000-data.size=64-model.size=tiny-steps=5"]

@@ -154,6 +154,10 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
             cfg = RunConfig.model_validate(entry["config"])
             train(cfg, run_dir=folder, tags={"mlflow.parentRunId": plan["parent_run_id"],
                                              "genscale.study": plan["name"], "genscale.trial": trial_id})
+    except (KeyboardInterrupt, SystemExit):
+        # interrupted, not failed: Ray tears the worker down this way when the study's driver dies; the trial stays
+        # in flight and `study resume` continues it from its checkpoints (a late error.json would race the resume)
+        raise
     except BaseException as e:  # noqa: BLE001  every failure is recorded; the study goes on
         error = {"trial": trial_id, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         _write_json(folder / "error.json", error)

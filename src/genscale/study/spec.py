@@ -128,6 +128,8 @@ def expand_grid(study: StudyConfig, base: dict[str, Any], origin: str = "study")
         keys[axis] = key
     if "train.steps" in keys.values() and "train.flops" in keys.values():
         raise GenscaleError(f"{origin}: give train.steps or train.flops as an axis, not both")
+    short = [a.split(".")[-1] for a in study.axes]  # trial ids name axes by their last part, unless two share it
+    labels = {a: s if short.count(s) == 1 else a for a, s in zip(study.axes, short, strict=True)}
     trials = []
     for i, point in enumerate(itertools.product(*study.axes.values())):
         raw = copy.deepcopy(base)
@@ -138,7 +140,7 @@ def expand_grid(study: StudyConfig, base: dict[str, Any], origin: str = "study")
                     raise GenscaleError(f"{origin}: axis 'train.flops': {value!r} is not a positive number")
                 continue  # resolved to steps by create_study, once the model is known
             set_nested(raw, keys[axis].split("."), value, f"{origin}: axis '{axis}'")
-        trial_id = f"t{i:03d}-" + "-".join(f"{a.split('.')[-1]}={_slug(v)}" for a, v in axes.items())
+        trial_id = f"t{i:03d}-" + "-".join(f"{labels[a]}={_slug(v)}" for a, v in axes.items())
         raw["name"] = f"{study.name}/{trial_id}"
         try:
             cfg = RunConfig.model_validate(raw)
