@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import shutil
 
 import pytest
 import torch
@@ -169,6 +170,8 @@ def test_fine_tuning_starts_from_the_pretrained_weights_and_tokenizer(tmp_path, 
         assert torch.equal(value, parent[f"model.{key.replace('lm_head', 'wte')}"]), key  # the head is tied
     tuned = train(cfg)
     assert (tuned / "tokenizer.json").read_text() == (pretrained / "tokenizer.json").read_text()
+    shutil.rmtree(pretrained)  # a resumed fine-tuning run needs only its own folder
+    assert train(resume=str(tuned)) == tuned
 
 
 def test_fine_tuning_refuses_another_tokenizer_or_network(corpus):

@@ -93,18 +93,21 @@ def load_data(cfg: RunConfig, run_dir: Path | None = None) -> DataSplits | TextD
     from genscale.data.tokens import load_text_data
 
     saved = run_dir / "tokenizer.json" if run_dir else None
-    init_dir = init_run_dir(cfg)
-    if saved is not None and saved.exists():
+    if saved is not None and saved.exists():  # a resumed run needs only its own folder, not its parent's
         return load_text_data(cfg.data, tokenizer=TextTokenizer.load(saved))
+    init_dir = init_run_dir(cfg)
     if init_dir is not None:
         return load_text_data(cfg.data, tokenizer=TextTokenizer.load(init_dir / "tokenizer.json"))
     return load_text_data(cfg.data)
 
 
-def make_recipe(cfg: RunConfig, data: DataSplits | TextData, device: torch.device) -> GanRecipe | GptRecipe:
+def make_recipe(cfg: RunConfig, data: DataSplits | TextData, device: torch.device, *, resume: bool
+                ) -> GanRecipe | GptRecipe:
+    """The family's recipe; a new fine-tuning run starts from its init_from run's weights (a resumed one from its
+    own checkpoint)."""
     if cfg.model.family == "gan":
         return GanRecipe(cfg, data, device)  # type: ignore[arg-type]
-    return GptRecipe(cfg, data, device, init_dir=init_run_dir(cfg))  # type: ignore[arg-type]
+    return GptRecipe(cfg, data, device, init_dir=None if resume else init_run_dir(cfg))  # type: ignore[arg-type]
 
 
 def load_generator(run_dir: Path, cfg: RunConfig, device: torch.device) -> torch.nn.Module:
@@ -213,7 +216,7 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
         tracker.log_artifact(run_dir / "config.yaml")
     console.print(f"run {tracker.run_id}  ({run_dir})")
     try:
-        recipe = make_recipe(cfg, data, device)
+        recipe = make_recipe(cfg, data, device, resume=bool(resume))
         counters = fit(cfg, run_dir, recipe, tracker, device)
         summary = {"family": cfg.model.family, "arch": cfg.model.arch, **recipe.summary(), "steps": cfg.train.steps,
                    "flops": counters["flops"], "epochs": counters["epochs"],
