@@ -1,5 +1,8 @@
+import warnings
+
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -29,14 +32,66 @@ def features(n: int, d: int, shift: float, seed: int) -> np.ndarray:
     return rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.3 + shift
 
 
-@pytest.mark.parametrize("n,d", [(50, 8), (300, 64), (1000, 32)])
+def fid_reference(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """pytorch-fid's calculate_frechet_distance (after TTUR): scipy's general square root of S1 S2."""
+    diff = mu1 - mu2
+    with warnings.catch_warnings():  # sqrtm warns on the singular products of the N < D cases
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(len(sigma1)) * eps
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        assert np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3)  # pytorch-fid raises otherwise
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+# (n1, n2, d): a covariance of n < d samples is singular (rank n - 1), on one side, both, or far below d.
+FID_GRID = [(50, 67, 8), (1000, 1017, 32), (300, 317, 64), (500, 40, 64), (40, 500, 64), (20, 30, 64),
+            (10, 12, 128), (400, 417, 128), (100, 117, 256)]
+
+
+@pytest.mark.parametrize("n1,n2,d", FID_GRID)
+def test_fid_matches_scipy_sqrtm_reference(n1, n2, d):
+    a, b = features(n1, d, 0.0, 1), features(n2, d, 0.4, 2)
+    ref = fid_reference(*feature_moments(a), *feature_moments(b))
+    assert fid_from_moments(*feature_moments(a), *feature_moments(b)) == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("n,d", [(n1, d) for n1, _, d in FID_GRID])
+def test_fid_of_identical_features_is_zero(n, d):
+    # Singular cases too: round-off in the null space of S1 must not leak into Tr (S1 S2)^1/2 (the scipy
+    # reference gives -2.5e-4 at n=100, d=256).
+    moments = feature_moments(features(n, d, 0.0, 1))
+    value = fid_from_moments(*moments, *moments)
+    assert np.isfinite(value) and -1e-6 <= value < 1e-6
+
+
+@pytest.mark.parametrize("n,d", [(50, 8), (300, 64), (1000, 32), (20, 64), (100, 256)])
 def test_fid_matches_torchmetrics(n, d):
     a, b = features(n, d, 0.0, 1), features(n + 17, d, 0.4, 2)
     ours = fid_from_moments(*feature_moments(a), *feature_moments(b))
-    ref = FrechetInceptionDistance(feature=Identity(d))
+    ref = FrechetInceptionDistance(feature=Identity(d))  # float64 in, float64 states and result
     ref.update(torch.from_numpy(a), real=True)
     ref.update(torch.from_numpy(b), real=False)
-    assert ours == pytest.approx(float(ref.compute()), rel=1e-6)
+    value = ref.compute()
+    assert value.dtype == torch.float64
+    assert ours == pytest.approx(float(value), rel=1e-6)
+
+
+def test_fid_closed_form_commuting_covariances():
+    # S1 = Q diag(a) Q^T, S2 = Q diag(b) Q^T commute, so Tr (S1 S2)^1/2 = sum sqrt(a_i b_i) and
+    # FID = ||mu1 - mu2||^2 + sum (sqrt(a_i) - sqrt(b_i))^2; zeros make both singular, in shared and own directions.
+    rng = np.random.default_rng(7)
+    d = 64
+    a, b = rng.uniform(0.1, 5.0, d), rng.uniform(0.1, 5.0, d)
+    a[:8], b[4:12] = 0.0, 0.0
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    expected = (mu1 - mu2) @ (mu1 - mu2) + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert fid_from_moments(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    assert fid_from_moments(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T) == pytest.approx(expected, rel=1e-9)
 
 
 def test_fid_closed_form_and_self_distance():
