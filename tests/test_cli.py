@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,8 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config, tree_hashes
 from genscale.cli import app
+from genscale.errors import GenscaleError
+from genscale.paths import runs_dir
 from genscale.tracking import resolve_run_dir, tracking_uri
 
 runner = CliRunner()
@@ -73,7 +76,7 @@ def genscale(*args, cwd):
                           env=env, stdin=subprocess.DEVNULL)
 
 
-def test_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path):
+def test_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path, monkeypatch):
     (tmp_path / "typo.yaml").write_text("model:\n  arch: dcgan\ntrian:\n  steps: 5\n")
     (tmp_path / "empty").mkdir()
     (tmp_path / "imgs.yaml").write_text(f"data:\n  source: imagefolder\n  path: {tmp_path / 'empty'}\n")
@@ -92,11 +95,14 @@ def test_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path):
         (["eval", "nosuchrun"], "run 'nosuchrun': no such run"),
         (["data", "fetch", "mnist"], "unknown name 'mnist'"),
     ]
-    for args, message in cases:
-        done = genscale(*args, cwd=tmp_path)
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode == 1, (args, done.stderr)
-        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, done.stderr)
+    (args, message), *rest = cases
+    done = genscale(*args, cwd=tmp_path)  # one as a real process: exactly one line on its stderr
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, (args, done.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, done.stderr)
+    monkeypatch.chdir(tmp_path)
+    for args, message in rest:  # the same error boundary, in process
+        assert message in one_error_line(args), args
     assert tree_hashes(tmp_path) == before  # no run folder was made, no user file was touched
 
 
@@ -104,3 +110,72 @@ def test_data_info_describes_the_builtin_set():
     code, output = invoke("data", "info", "fashion-mnist")
     info = json.loads(output)
     assert code == 0 and info["train"] == 55000 and info["test"] == 10000 and info["classes"] == 10
+
+
+def one_error_line(args: list[str]) -> str:
+    """Runs the CLI in process; asserts exit status 1 and a single `error:` line without a traceback."""
+    result = CliRunner().invoke(app, args)
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code == 1, (args, result.output, result.exception)
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error:") for line in lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[-1]
+
+
+def test_user_errors_are_one_line_each(tmp_path):
+    """Each of these printed a traceback before (sample /etc, eval /nonexistent, a malformed run config.yaml, a
+    checkpoint of another size, a non-JSON metrics.json, sample -o DIR / -o x.txt, eval --n 1, a YAML tag)
+    or passed silently (eval --n 0, a globbed prefix)."""
+    from genscale.pipeline import train
+
+    run_dir = train(tiny_config(train__steps=4, eval__on_train_end=False))
+
+    def broken_copy(name: str, edit) -> str:
+        copy = tmp_path / name
+        shutil.copytree(run_dir, copy)
+        edit(copy)
+        return str(copy)
+
+    def other_size(folder):
+        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        cfg["model"]["size"] = "small"
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    malformed = broken_copy("malformed", lambda f: (f / "config.yaml").write_text("model: [gan\n"))
+    tagged = broken_copy("tagged", lambda f: (f / "config.yaml").write_text("!!python/object/apply:os.system [ls]\n"))
+    resized = broken_copy("resized", other_size)
+    bad_metrics = broken_copy("bad-metrics", lambda f: (f / "metrics.json").write_text("{not json"))
+    cases = [
+        (["sample", "/etc", "-n", "4", "-o", str(tmp_path / "x.png")], "/etc: not a run folder (no config.yaml)"),
+        (["eval", "/nonexistent/run"], "/nonexistent/run: not a run folder"),
+        (["eval", malformed], "config.yaml: invalid YAML at line 2"),
+        (["eval", tagged], "config.yaml: invalid YAML at line 1"),
+        (["eval", resized, "--n", "100"], "the checkpoint does not fit the network of the run's config"),
+        (["eval", bad_metrics, "--n", "100"], "metrics.json: metrics file is not valid JSON"),
+        (["sample", run_dir.name, "-o", str(tmp_path)], "is a folder; give a file name for the image grid"),
+        (["sample", run_dir.name, "-o", str(tmp_path / "x.txt")], "needs a file name ending in .png"),
+        (["eval", run_dir.name, "--n", "1"], "--n 1: key 'eval.n_samples': Input should be greater than or equal to 2"),
+        (["eval", run_dir.name, "--n", "0"], "--n 0: key 'eval.n_samples'"),
+        (["eval", "*"], "run '*': not a run id, prefix or folder"),
+        (["eval", ".."], "..: not a run folder"),
+        (["train", str(tmp_path / "x.yaml"), "--set", "train.steps=true"], "expected a number, got the boolean"),
+    ]
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
+    for args, message in cases:
+        assert message in one_error_line(args), args
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_bug_keeps_its_traceback_and_debug_shows_every_one(monkeypatch):
+    import genscale.pipeline
+
+    def buggy(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(genscale.pipeline, "evaluate_run", buggy)
+    monkeypatch.setenv("GENSCALE_DEBUG", "")  # restored (unset) after the test, whatever --debug sets
+    result = CliRunner().invoke(app, ["eval", "latest"])
+    assert isinstance(result.exception, ZeroDivisionError)  # not turned into an error line
+    assert isinstance(CliRunner().invoke(app, ["--debug", "sample", "nosuchrun"]).exception, GenscaleError)
+    monkeypatch.setenv("GENSCALE_DEBUG", "")
+    assert one_error_line(["sample", "nosuchrun"]) == f"error: run 'nosuchrun': no such run in {runs_dir()}"

@@ -67,3 +67,19 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(write(tmp_path, "train:\n\tsteps: 1\n"))
     with pytest.raises(GenscaleError, match=r"missing\.yaml: cannot read config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_boolean_is_not_a_number(tmp_path):
+    """Before: train.steps=true was taken as 1 step."""
+    path = write(tmp_path, "train:\n  steps: 10\n")
+    for override, key in [("train.steps=true", "train.steps"), ("train.lr_d=false", "train.lr_d"),
+                          ("data.channels=true", "data.channels"), ("train.betas=[true, 0.9]", "train.betas.0")]:
+        with pytest.raises(GenscaleError, match=rf"key '{key}': .*expected a number, got the boolean"):
+            load_config(path, [override])
+
+
+def test_unknown_model_size_is_a_config_error(tmp_path):
+    """Before: a gpt config with an unknown size tokenized the whole corpus, then failed."""
+    path = write(tmp_path, "model:\n  family: gpt\n  size: huge\ndata:\n  source: shakespeare\n")
+    with pytest.raises(GenscaleError, match=r"key 'model': .*size 'huge' is not a preset of gpt \(choose tiny"):
+        load_config(path)

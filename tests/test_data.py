@@ -5,13 +5,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import tree_hashes
+from genscale.cli import app
 from genscale.config import DataConfig
 from genscale.data.builtin import FASHION_MNIST_FILES, fetch_fashion_mnist, load_fashion_mnist
 from genscale.data.datasets import ImageData, load_image_data, nested_subset, stratified_order
 from genscale.data.idx import read_idx
+from genscale.data.ingest import IngestOptions, ingest
 from genscale.data.sources import load_imagefolder, load_npz
+from genscale.data.store import list_names, load_images, load_version
 from genscale.errors import GenscaleError
 
 
@@ -40,6 +44,74 @@ def test_idx_wrong_magic_and_truncation(tmp_path):
     (tmp_path / "short.idx").write_bytes((tmp_path / "short.idx").read_bytes()[:-3])
     with pytest.raises(GenscaleError, match=r"short\.idx: IDX body has 5 bytes"):
         read_idx(tmp_path / "short.idx")
+
+
+def test_idx_dimensions_whose_product_overflows_int64_are_a_clear_error(tmp_path):
+    path = tmp_path / "huge.idx"
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2**31, 2**31, 2**31))  # 2^93 bytes, no body
+    with pytest.raises(GenscaleError) as e:
+        read_idx(path)
+    assert str(e.value) == (f"{path}: IDX body has 0 bytes, shape (2147483648, 2147483648, 2147483648) needs "
+                            f"{2**93}")
+
+
+def mnist_files(root) -> dict[str, np.ndarray]:
+    """MNIST's four IDX files in miniature (gzip-compressed, as distributed): 6 train and 3 test 4x4 images."""
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (6, 4, 4), dtype=np.uint8),
+              "train-labels-idx1-ubyte.gz": np.array([0, 1, 2, 0, 1, 2], dtype=np.uint8),
+              "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (3, 4, 4), dtype=np.uint8),
+              "t10k-labels-idx1-ubyte.gz": np.array([2, 1, 0], dtype=np.uint8)}
+    root.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        write_idx(root / name, array, compress=True)
+    return arrays
+
+
+def test_mnist_four_idx_files_ingest_with_test_labels(tmp_path):
+    files = mnist_files(tmp_path / "mnist")
+    train_x, train_y, test_x, test_y = (str(tmp_path / "mnist" / name) for name in files)
+    result = CliRunner().invoke(app, ["data", "ingest", train_x, "--labels", train_y, "--test", test_x,
+                                      "--test-labels", test_y, "--name", "mnist"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    version = load_version("mnist")
+    assert f"mnist -> version {version.id}: 9 image records (train 6, test 3), shape (1, 4, 4)" in result.stdout
+    assert "split: test = the --test source (3 records)" in result.stdout
+    assert [(r.label, r.split) for r in version.records] == [(0, "train"), (1, "train"), (2, "train"), (0, "train"),
+                                                             (1, "train"), (2, "train"), (2, "test"), (1, "test"),
+                                                             (0, "test")]
+    arrays = list(files.values())
+    np.testing.assert_array_equal(load_images(version)[:, 0], np.concatenate([arrays[0], arrays[2]]))
+
+
+def test_idx_labels_must_label_both_splits_or_neither(tmp_path):
+    files = mnist_files(tmp_path / "mnist")
+    train_x, train_y, test_x, test_y = (str(tmp_path / "mnist" / name) for name in files)
+    write_idx(tmp_path / "two-labels.idx", np.array([1, 0], dtype=np.uint8))
+    np.savez(tmp_path / "images.npz", x=np.zeros((4, 4, 4), dtype=np.uint8))
+    for opts, message in [
+        (IngestOptions(labels=train_y, test_labels=test_y),
+         f"--test-labels {test_y}: labels the images of a --test source; give --test"),
+        (IngestOptions(test=test_x, test_labels=test_y),
+         f"--test {test_x} is labelled and {train_x} is not: a labelled and an unlabelled split are inconsistent "
+         "(IDX: give --labels and --test-labels together, or neither)"),
+        (IngestOptions(labels=train_y, test=test_x),
+         f"{train_x} is labelled and --test {test_x} is not: a labelled and an unlabelled split are inconsistent "
+         "(IDX: give --labels and --test-labels together, or neither)"),
+        (IngestOptions(labels=train_y, test=test_x, test_labels=str(tmp_path / "two-labels.idx")),
+         f"--test-labels {tmp_path / 'two-labels.idx'}: 2 labels for the 3 images of {test_x}"),
+        (IngestOptions(labels=test_x), f"--labels {test_x}: holds an array of shape (3, 4, 4), not one label per "
+                                       "image"),
+    ]:
+        with pytest.raises(GenscaleError) as e:
+            ingest(train_x, "mnist", opts)
+        assert str(e.value) == message
+    with pytest.raises(GenscaleError) as e:
+        ingest(str(tmp_path / "images.npz"), "npz", IngestOptions(labels=train_y))
+    assert str(e.value) == (f"--labels {train_y}: a labels file goes with an IDX image source, and "
+                            f"{tmp_path / 'images.npz'} is not one (folders label by class sub-folder, .npz files "
+                            "by their 'y' array)")
+    assert list_names() == {}
 
 
 def test_stratified_order_prefixes_are_nested_and_balanced():

@@ -20,12 +20,20 @@ from conftest import tree_hashes
 from genscale.cli import app
 from genscale.config import DataConfig
 from genscale.data.builtin import load_fashion_mnist
-from genscale.data.clean import CleanSettings, centred_pixel_distance, clean_version, hamming_pairs, phash64
+from genscale.data.clean import (
+    CleanSettings,
+    centred_pixel_distance,
+    clean_version,
+    hamming_pairs,
+    phash64,
+    pixel_std,
+)
 from genscale.data.corrupt import corrupt_version, near_copy
 from genscale.data.datasets import load_image_data
 from genscale.data.ingest import IngestOptions, ingest
 from genscale.data.sources import ImagePolicy, image_array, read_image_folder, reason_kind
 from genscale.data.store import list_names, load_images, load_texts, load_version, set_name, version_folder
+from genscale.data.tokens import load_text_data
 from genscale.errors import GenscaleError
 from genscale.paths import data_dir
 
@@ -457,9 +465,15 @@ def test_stricter_settings_are_cached_separately(tmp_path, pool):
     version, _ = ingest(train, "dups", IngestOptions(test=test))
     default, report = clean_version(version)
     assert report["removed"] == 3 and default.meta["splits"]["train"] == 40
-    everything, report = clean_version(version, CleanSettings(blank_std=1000.0))  # every train image is "blank"
-    assert report["removed_by_reason"] == {"exact duplicate": 3, "near-blank": 40}
-    assert everything.meta["splits"] == {"train": 0, "test": 5}
+    stds = np.sort(pixel_std(x))
+    stricter, report = clean_version(version, CleanSettings(blank_std=float(stds[10] + stds[11]) / 2))
+    assert report["removed_by_reason"] == {"exact duplicate": 3, "near-blank": 11}  # the 11 flattest images
+    assert stricter.meta["splits"] == {"train": 29, "test": 5}
+    with pytest.raises(GenscaleError) as e:  # every train image is "blank": nothing to train on, nothing stored
+        clean_version(version, CleanSettings(blank_std=1000.0))
+    assert str(e.value) == (f"dataset {version.id}: cleaning leaves 0 of its 43 train records (removed: near-blank "
+                            "40, exact duplicate 3); nothing stored. Loosen the settings (--blank-std, "
+                            "--min-neighbour-corr, --phash-distance, --pixel-distance) or check the data")
     assert clean_version(version)[0].id == default.id
 
 
@@ -677,3 +691,86 @@ def test_cleaning_reports_its_own_input_after_a_corrupted_copy_cleaned_to_the_sa
     _, cached = clean_version(version)
     assert (cached["input"], cached["removed"]) == (version.id, 0), \
         f"cached report is of {cached['input']} with {cached['removed']} removals"
+
+
+# ---------------------------------------------------------------- 10. single files, nothing valid, nothing left
+
+
+def test_one_text_file_is_cut_into_a_train_record_and_a_contiguous_test_record(tmp_path):
+    book = tmp_path / "sources" / "book.txt"
+    book.parent.mkdir()
+    text = "".join(f"{prose(i, 8)}\n" for i in range(200))
+    book.write_text(text, encoding="utf-8")
+    before = tree_hashes(book.parent)
+    code, stdout, _ = invoke("data", "ingest", book, "--name", "book", "--test-fraction", "0.2")
+    version = load_version("book")
+    train, test = load_texts(version)
+    assert code == 0, stdout
+    assert train + test == text and text[len(train) - 1] == "\n"  # cut at a line start, nothing lost
+    assert abs(len(test) - 0.2 * len(text)) <= 0.2 * len(text) / 4  # the cut moves by at most a quarter
+    line = train.count("\n") + 1
+    assert [(r.source, r.split, r.bytes) for r in version.records] == [
+        (f"{book}:lines 1-{line - 1}", "train", len(train.encode())), (f"{book}:lines {line}-200", "test",
+                                                                        len(test.encode()))]
+    split = (f"one document: the last {len(test):,} of {len(text):,} characters ({len(test) / len(text):.1%}) held "
+             f"out, contiguous, from line {line} on")
+    assert f"book -> version {version.id}: 2 text records (train 1, test 1)\nsplit: {split}\n" in stdout
+    assert version.meta["operation"]["ingest"]["split"] == split
+    assert tree_hashes(book.parent) == before  # the source is only read
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(3):  # 3 documents at --test-fraction 0.1: one whole document is held out, as the loader does
+        (few / f"{i}.txt").write_text(prose(10 + i))
+    version, _ = ingest(str(few), "few", IngestOptions())
+    assert version.meta["splits"] == {"train": 2, "test": 1}
+    assert version.meta["operation"]["ingest"]["split"] == "by record: 1 of 3 held out as test (split_seed 0)"
+
+
+def test_a_source_with_no_valid_record_says_why(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe bad")
+    code, stdout, stderr = invoke("data", "ingest", bad, "--name", "x")
+    assert (code, stdout) == (1, "")
+    assert stderr.splitlines() == [f"error: {bad}: no valid records (1 rejected; nothing stored): {bad}: not UTF-8 "
+                                   "(invalid byte 0xff at offset 0)"]
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for name in ("a.png", "c.png", "d.png"):
+        (pictures / name).write_bytes(b"")
+    (pictures / "b.png").write_bytes(b"not a png")
+    with pytest.raises(GenscaleError) as e:
+        ingest(str(pictures), "y")
+    assert str(e.value) == (f"{pictures}: no valid records (4 rejected; nothing stored): {pictures / 'a.png'}: empty "
+                            f"file (0 bytes); {pictures / 'b.png'}: cannot decode image (cannot identify image file "
+                            f"'{pictures / 'b.png'}'); {pictures / 'c.png'}: empty file (0 bytes); and 1 more "
+                            "(empty file 1)")
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "a.txt").write_text(prose(1))
+    (good / "b.txt").write_text(prose(2))
+    with pytest.raises(GenscaleError, match=rf"^--test {bad}: no valid records \(1 rejected; nothing stored\): "
+                                            rf"{bad}: not UTF-8"):
+        ingest(str(good), "z", IngestOptions(test=str(bad)))
+    assert list_names() == {} and not (data_dir() / "versions").exists()
+
+
+def test_a_clean_that_leaves_no_train_record_is_an_error_and_stores_nothing(tmp_path):
+    docs, held = tmp_path / "docs", tmp_path / "held"
+    docs.mkdir()
+    held.mkdir()
+    (docs / "a.txt").write_text("Too short.")
+    (docs / "b.txt").write_text("Tiny doc.")
+    (held / "t.txt").write_text(prose(1))
+    version, _ = ingest(str(docs), "notes", IngestOptions(test=str(held)))
+    versions = sorted(p.name for p in (data_dir() / "versions").iterdir())
+    code, stdout, stderr = invoke("data", "clean", "notes")
+    assert (code, stdout) == (1, "")
+    assert stderr.splitlines() == [f"error: dataset {version.id}: cleaning leaves 0 of its 2 train records (removed: "
+                                   "too short 2); nothing stored. Loosen the settings (--min-chars, "
+                                   "--min-letter-fraction, --text-jaccard) or check the data"]
+    assert list_names() == {"notes": version.id}
+    assert sorted(p.name for p in (data_dir() / "versions").iterdir()) == versions
+    assert not list(version_folder(version.id).glob("clean-*"))
+    with pytest.raises(GenscaleError, match="cleaning leaves 0 of its 2 train records"):
+        load_text_data(DataConfig(source="dataset", dataset="notes", clean=True))

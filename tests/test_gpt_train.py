@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from conftest import gpt_config
 from genscale.cli import app
-from genscale.config import RunConfig
 from genscale.errors import GenscaleError
 from genscale.metrics.text import TEXT_METRICS
 from genscale.pipeline import init_run_dir, load_data, train
@@ -34,24 +34,6 @@ def write_corpus(folder, docs: int = 12, sentences: int = 60, seed: int = 0):
         lines = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(sentences)]
         (folder / f"doc{d:02d}.txt").write_text("\n".join(lines).capitalize() + "\n")
     return folder
-
-
-def gpt_config(corpus, **overrides) -> RunConfig:
-    """A 2-layer, 32-wide GPT on the corpus: a run takes about a second on a CPU."""
-    raw = {
-        "name": "tiny-gpt",
-        "data": {"source": "text", "path": str(corpus), "tokenizer": "char", "val_fraction": 0.2},
-        "model": {"family": "gpt", "size": "tiny", "block_size": 32},
-        "train": {"steps": 60, "batch_size": 8, "lr": 1e-2, "warmup_steps": 5, "checkpoint_every": 10,
-                  "log_every": 5, "device": "cpu"},
-        "eval": {"val_tokens": 2000, "prompts": 4, "prompt_tokens": 16, "continuation_tokens": 16,
-                 "diversity_samples": 4, "sample_tokens": 24, "batch_size": 16},
-        "gate": {"val_loss": {"max": 2.5}},
-    }
-    for key, value in overrides.items():
-        section, field = key.split("__")
-        raw[section][field] = value
-    return RunConfig.model_validate(raw)
 
 
 def final_tensors(run_dir):

@@ -91,6 +91,7 @@ def test_flops_axis_resolves_to_steps_from_counted_flops(tmp_path):
     ({"axes": {"eval.extractor": ["inception", "fmnist-classifier"]}}, "cannot vary"),
     ({"axes": {"data.size": ["many"]}}, "key 'data.size'"),
     ({"axes": {"train.steps": [1], "train.flops": [1e9]}}, "not both"),
+    ({"axes": {"model.size": ["tiny", "huge"]}}, "size 'huge' is not a preset of gan-mlp"),  # before: the trial failed
 ])
 def test_bad_study_fails_before_anything_runs(tmp_path, fields, message):
     with pytest.raises(GenscaleError, match=message.replace("(", r"\(").replace(")", r"\)")):

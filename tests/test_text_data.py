@@ -7,7 +7,9 @@ from conftest import tree_hashes
 from genscale.data import text as text_module
 from genscale.data.text import (
     Rejected,
+    TextCut,
     TextRecord,
+    contiguous_cut,
     near_duplicate_texts,
     read_text_source,
     shingles,
@@ -105,6 +107,66 @@ def test_single_files_and_errors(tmp_path):
         read_text_source(empty)
     with pytest.raises(GenscaleError, match="picture.png: not a text or JSONL file"):
         read_text_source(empty / "picture.png")
+
+
+# ---------------------------------------------------------------- the contiguous cut of one document
+
+TEN_CHARACTER_LINES = "".join(f"line {i:04d}\n" for i in range(100))  # 100 lines, 1000 characters: 950 starts line 96
+
+
+def cut(text: str, fraction: float) -> TextCut:
+    return contiguous_cut(text, held_fraction=fraction, source="book.txt", setting="data.val_fraction")
+
+
+@pytest.mark.parametrize(("fraction", "at", "why"), [
+    (0.05, 950, "the target is a line start"),
+    (0.053, 950, "target 947: line starts 940 and 950, 950 is nearer"),
+    (0.055, 940, "target 945: a tie, the earlier cut (more held out) wins"),
+    (0.047, 950, "target 953: 950 is nearer than 960"),
+])
+def test_cut_moves_to_the_nearest_line_start(fraction, at, why):
+    c = cut(TEN_CHARACTER_LINES, fraction)
+    assert c == TextCut(at, 1000, at // 10 + 1, 100, "line"), why
+    assert TEN_CHARACTER_LINES[at - 1] == "\n"
+    assert c.sources("book.txt") == (f"book.txt:lines 1-{at // 10}", f"book.txt:lines {at // 10 + 1}-100")
+
+
+def test_cut_states_its_rule_in_one_line():
+    assert cut(TEN_CHARACTER_LINES, 0.053).describe() == \
+        "one document: the last 50 of 1,000 characters (5.0%) held out, contiguous, from line 96 on"
+    words = "abcd " * 200  # one line, 1000 characters
+    assert cut(words, 0.053).describe() == ("one document: the last 55 of 1,000 characters (5.5%) held out, "
+                                            "contiguous, from character 946 on (after whitespace in line 1: no "
+                                            "line end near)")
+
+
+def test_cut_without_a_line_end_near_goes_after_whitespace_else_to_the_character():
+    words = "abcd " * 200  # target 947: cuts after a space at 945 and 950
+    assert cut(words, 0.053) == TextCut(945, 1000, 1, 1, "whitespace")
+    assert cut(words, 0.053).sources("book.txt") == ("book.txt:characters 1-945", "book.txt:characters 946-1000")
+    # a newline 14 characters before the target is beyond the reach of 53 // 4 = 13: whitespace wins
+    far = "x" * 932 + "\n" + "abcd " * 13 + "ab"  # line start 933; spaces put cuts at 938, 943, 948, ...
+    assert len(far) == 1000 and cut(far, 0.053) == TextCut(948, 1000, 2, 2, "whitespace")
+    near = "x" * 933 + "\n" + "abcd " * 13 + "a"  # line start 934, 13 characters before: the line start wins
+    assert len(near) == 1000 and cut(near, 0.053) == TextCut(934, 1000, 2, 2, "line")
+    assert cut("x" * 1000, 0.053) == TextCut(947, 1000, 1, 1, "character")
+    assert cut("ab", 0.5) == TextCut(1, 2, 1, 1, "character")
+
+
+def test_cut_keeps_windows_line_ends_with_their_line():
+    text = "".join(f"row {i:02d}\r\n" for i in range(20))  # 8 characters a line
+    c = cut(text, 0.1)  # target 144 = 18 * 8
+    assert c == TextCut(144, 160, 19, 20, "line") and text[:c.at].endswith("\r\n") and text[c.at:] == \
+        "row 18\r\nrow 19\r\n"
+
+
+@pytest.mark.parametrize("text", ["", "a", "hello world\n", "   \n\n"])
+def test_cut_of_a_text_too_short_is_an_error_naming_the_file_and_setting(text):
+    with pytest.raises(GenscaleError) as e:
+        cut(text, 0.05)
+    assert str(e.value) == (f"book.txt: one document of {len(text)} characters is too short to hold out its last "
+                            "data.val_fraction 0.05 as a contiguous stretch (one part would be empty or whitespace "
+                            "only); give more text or a larger data.val_fraction")
 
 
 # ---------------------------------------------------------------- quality

@@ -5,17 +5,20 @@ import hashlib
 import io
 import json
 import random
+import re
 import shutil
 import tarfile
 
 import numpy as np
 import pytest
 
+from conftest import gpt_config
 from genscale.config import DataConfig
 from genscale.data import corpora, tokens
 from genscale.data.corpora import TEXT_CORPORA, fetch_corpus, load_corpus
 from genscale.data.ingest import IngestOptions, ingest
 from genscale.data.store import Record, load_texts, load_version, set_name, write_version
+from genscale.data.text import contiguous_cut
 from genscale.data.tokenizer import EOT, EOT_ID, UNK_ID, TextTokenizer, train_tokenizer
 from genscale.data.tokens import encode_documents, load_documents, load_text_data, split_documents, token_dtype
 from genscale.errors import GenscaleError
@@ -321,9 +324,10 @@ def test_text_source_errors(tmp_path, cache):
     assert "genscale data ingest" in message
     with pytest.raises(GenscaleError, match="^data.path: required for source 'text'$"):
         load_documents(DataConfig(source="text"))
-    write_documents(tmp_path / "single", n=1)
-    with pytest.raises(GenscaleError, match="needs at least 2 documents to split by document"):
-        load_documents(text_config(tmp_path / "single"))
+    (tmp_path / "tiny.txt").write_text("Too short.\n\n")  # one document: its last 5% is one "\n"
+    with pytest.raises(GenscaleError, match=rf"^{re.escape(str(tmp_path / 'tiny.txt'))}: one document of 12 "
+                                            "characters is too short to hold out its last data.val_fraction 0.05 "):
+        load_documents(text_config(tmp_path / "tiny.txt", val_fraction=0.05))
     with pytest.raises(GenscaleError, match="'fashion-mnist' is not a text source"):
         load_documents(DataConfig(source="fashion-mnist"))
 
@@ -331,11 +335,11 @@ def test_text_source_errors(tmp_path, cache):
 def test_text_source_version_is_the_content_not_the_location(tmp_path, cache):
     write_documents(tmp_path / "a" / "corpus")
     shutil.copytree(tmp_path / "a" / "corpus", tmp_path / "b")
-    name_a, version_a, train_a, held_a = load_documents(text_config(tmp_path / "a" / "corpus"))
-    name_b, version_b, train_b, held_b = load_documents(text_config(tmp_path / "b"))
-    assert name_a != name_b and (version_a, train_a, held_a) == (version_b, train_b, held_b)
+    a = load_documents(text_config(tmp_path / "a" / "corpus"))
+    b = load_documents(text_config(tmp_path / "b"))
+    assert a.name != b.name and a[1:] == b[1:]
     (tmp_path / "b" / "doc03.txt").write_text("Changed.\n")
-    assert load_documents(text_config(tmp_path / "b"))[1] != version_a
+    assert load_documents(text_config(tmp_path / "b")).version != a.version
 
 
 def test_stored_text_dataset_holds_out_its_test_split(tmp_path, cache):
@@ -356,3 +360,75 @@ def test_stored_text_dataset_holds_out_its_test_split(tmp_path, cache):
     set_name("pictures", images.id)
     with pytest.raises(GenscaleError, match="^dataset pictures: holds image records, not text"):
         load_documents(DataConfig(source="dataset", dataset="pictures"))
+
+
+# ---------------------------------------------------------------- a single text file
+
+
+def write_book(path, lines: int = 400, seed: int = 0) -> str:
+    """One document of short lines (nanoGPT's input.txt in miniature); the fixed alphabet of WORDS."""
+    rng = random.Random(seed)
+    text = "".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))).capitalize() + ".\n"
+                   for _ in range(lines))
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def test_split_by_document_states_its_rule(tmp_path, cache):
+    write_documents(tmp_path / "corpus")
+    data = load_text_data(text_config(tmp_path / "corpus"))
+    assert data.split == "by document: 8 train, 2 held out (whole documents, split_seed 0)"
+    assert json.loads((data.folder / "meta.json").read_text())["split"] == data.split
+
+
+def test_a_single_text_file_holds_out_its_last_lines_contiguously(tmp_path, cache):
+    book = tmp_path / "book.txt"
+    text = write_book(book)
+    data = load_text_data(text_config(book, tokenizer="char", vocab_size=64, val_fraction=0.1))
+    cut = contiguous_cut(text, held_fraction=0.1, source=str(book), setting="data.val_fraction")
+    assert text[cut.at - 1] == "\n" and abs(len(text) - cut.at - 0.1 * len(text)) <= len(text) * 0.1 / 4
+    assert data.split == cut.describe() == (f"one document: the last {len(text) - cut.at:,} of {len(text):,} "
+                                            f"characters ({(len(text) - cut.at) / len(text):.1%}) held out, "
+                                            f"contiguous, from line {cut.line} on")
+    assert data.name == str(book) and data.val_documents == [text[cut.at:]]
+    assert data.decode(data.train_full) == text[:cut.at]  # the train stream stops exactly at the cut
+    assert data.decode(data.val) == text[cut.at:] and data.val[-1] == data.train_full[-1] == EOT_ID
+    assert json.loads((data.folder / "meta.json").read_text())["split"] == data.split
+    wider = load_text_data(text_config(book, tokenizer="char", vocab_size=64, val_fraction=0.2))
+    assert wider.folder != data.folder and text.endswith(wider.val_documents[0])
+    assert len(wider.val_documents[0]) > len(data.val_documents[0])
+
+
+def test_a_stored_single_file_trains_on_its_start_and_holds_out_its_end(tmp_path, cache):
+    book = tmp_path / "book.txt"
+    text = write_book(book)
+    version, _ = ingest(str(book), "book", IngestOptions())  # test_fraction 0.1
+    cut = contiguous_cut(text, held_fraction=0.1, source=str(book), setting="--test-fraction")
+    assert [(r.source, r.split) for r in version.records] == [(f"{book}:lines 1-{cut.line - 1}", "train"),
+                                                              (f"{book}:lines {cut.line}-400", "test")]
+    assert load_texts(version) == [text[:cut.at], text[cut.at:]]
+    assert version.meta["operation"]["ingest"]["split"] == cut.describe()
+    for clean in (False, True):  # a cleaned version states the split of the ingest it descends from
+        data = load_text_data(DataConfig(source="dataset", dataset="book", clean=clean, tokenizer="char",
+                                         vocab_size=64))
+        assert data.val_documents == [text[cut.at:]] and data.decode(data.train_full) == text[:cut.at]
+        assert data.split == f"stored splits: 1 train, 1 test documents (fixed at ingest: {cut.describe()})"
+
+
+def test_a_tiny_gpt_trains_on_one_text_file_and_its_summary_states_the_split(tmp_path, cache):
+    from genscale.pipeline import load_data, train
+
+    book = tmp_path / "book.txt"
+    text = write_book(book)
+    cfg = gpt_config(book, data__val_fraction=0.1, train__steps=4, train__batch_size=4, train__warmup_steps=1,
+                     train__checkpoint_every=4, train__log_every=2, eval__val_tokens=256, eval__prompts=2,
+                     eval__prompt_tokens=8, eval__continuation_tokens=8, eval__diversity_samples=2,
+                     eval__sample_tokens=8, eval__batch_size=8, gate__val_loss={"max": 100.0})
+    run_dir = train(cfg)
+    cut = contiguous_cut(text, held_fraction=0.1, source=str(book), setting="data.val_fraction")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["split"] == cut.describe() and summary["steps"] == 4
+    data = load_data(cfg)
+    trained_on = data.decode(data.train)
+    assert trained_on == text[:cut.at] and trained_on.endswith("\n")  # up to the line end at the cut, no further
+    assert text[cut.at:] not in trained_on and data.decode(data.val) == text[cut.at:]

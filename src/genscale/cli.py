@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,18 +26,54 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+DEBUG_ENV = "GENSCALE_DEBUG"  # set (or --debug): errors show their full traceback
+
+
+def error_line(e: BaseException) -> str | None:
+    """The one line for an error that bad input or the machine causes, or None for a bug (shown as a traceback).
+
+    GenscaleError names the file, key or value itself; an OSError names its file (disk full, permission denied);
+    MemoryError and the tracking store's own errors are said as they are."""
+    if isinstance(e, GenscaleError):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    if isinstance(e, MemoryError):
+        return "out of memory (try a smaller batch_size, model.size or eval.batch_size)"
+    if type(e).__module__.startswith("mlflow."):
+        return f"tracking store: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    return None
+
+
 def friendly(fn):
-    """Turn a GenscaleError into one red line on stderr and exit status 1."""
+    """The CLI's error boundary: a user's error becomes one red `error:` line on stderr and exit status 1, an
+    interrupt exit status 130; a bug keeps its traceback, and --debug (or GENSCALE_DEBUG=1) shows every one."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except GenscaleError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        except KeyboardInterrupt:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            err.print("interrupted (a run continues with `genscale train --resume RUN`)", highlight=False)
+            raise typer.Exit(130) from None
+        except Exception as e:
+            line = error_line(e)
+            if line is None or os.environ.get(DEBUG_ENV):
+                raise
+            err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+@app.callback()
+def _global_options(debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of an error "
+                                                                        f"(same as {DEBUG_ENV}=1)")] = False):
+    """Train, evaluate and sample generative models; measure what data and compute buy."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @data_app.command("fetch")
@@ -93,7 +130,8 @@ def data_info(name: Annotated[str, typer.Argument(help="fashion-mnist, shakespea
         out.print(json.dumps({"name": d.name, "version": d.version, "tokenizer": d.tokenizer.kind,
                               "vocab_size": d.tokenizer.vocab_size, "train_tokens": len(d.train_full),
                               "train_tokens_used": len(d.train), "val_tokens": len(d.val),
-                              "val_documents": len(d.val_documents), "cache": str(d.folder)}, indent=1))
+                              "val_documents": len(d.val_documents), "split": d.split, "cache": str(d.folder)},
+                             indent=1, ensure_ascii=False))
         return
     out.print(json.dumps({"name": d.name, "version": d.version, "image_shape": d.image_shape,
                           "classes": d.num_classes, "train": len(d.full_train), "train_used": len(d.train),
@@ -111,6 +149,8 @@ def data_ingest(
         test_fraction: Annotated[float, typer.Option(help="without --test: share held out as test")] = 0.1,
         split_seed: Annotated[int, typer.Option(help="seed of the test hold-out")] = 0,
         labels: Annotated[str | None, typer.Option(help="IDX source: the labels file")] = None,
+        test_labels: Annotated[str | None, typer.Option(help="IDX --test source: its labels file (with --labels)")
+                               ] = None,
         field: Annotated[str, typer.Option(help="JSONL: the field holding each document")] = "text",
         channels: Annotated[int, typer.Option(help="images: 1 grayscale (Pillow 'L'), 3 RGB")] = 1,
         image_size: Annotated[int | None, typer.Option(help="images: target square side (default: the most "
@@ -132,12 +172,14 @@ def data_ingest(
     policy = ImagePolicy(channels=channels, image_size=image_size, size_policy=size_policy,  # type: ignore[arg-type]
                          max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     version, rejected = ingest(source, name, IngestOptions(
-        kind=kind, policy=policy, labels=labels, field=field, test=test,  # type: ignore[arg-type]
-        test_fraction=test_fraction, split_seed=split_seed))
+        kind=kind, policy=policy, labels=labels, test_labels=test_labels, field=field,  # type: ignore[arg-type]
+        test=test, test_fraction=test_fraction, split_seed=split_seed))
     m = version.meta
     out.print(f"{name} -> version {version.id}: {m['records']:,} {m['kind']} records "
               f"(train {m['splits']['train']:,}, test {m['splits']['test']:,})"
               + (f", shape {tuple(m['shape'])}" if m["shape"] else ""))
+    if "split" in m["operation"].get("ingest", {}):  # versions stored before ingest recorded its rule have none
+        out.print(f"split: {m['operation']['ingest']['split']}", highlight=False)
     counts = count_reasons([r.reason for r in rejected])
     if rejected:
         out.print(f"quarantined {len(rejected)}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -275,6 +317,12 @@ def sample(run: Annotated[str, typer.Argument(help="run id, unique prefix, or fo
         raise GenscaleError(f"-n {n} / --top-k {top_k} / --top-p {top_p} / --temperature {temperature} / "
                             f"--max-new-tokens {max_new_tokens}: n >= 1, top-k >= 1, top-p in (0, 1], "
                             "temperature >= 0, max-new-tokens >= 1")
+    if output is not None:
+        from genscale.paths import check_output_file
+        from genscale.pipeline import GRID_SUFFIXES
+
+        check_output_file(output, GRID_SUFFIXES if cfg.model.family == "gan" else (".jsonl",),
+                          "image grid" if cfg.model.family == "gan" else "samples (one JSON object a line)")
     if cfg.model.family == "gan":
         if text_options:
             raise GenscaleError("sample: --prompt, --max-new-tokens, --temperature, --top-k and --top-p apply to "

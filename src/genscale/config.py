@@ -6,16 +6,35 @@ Every field says what it is for. An unknown key or a wrong type is a GenscaleErr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from genscale.errors import GenscaleError
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _not_bool(value: Any) -> Any:
+    """YAML's `true` is not a number: pydantic would take it as 1 (train.steps=true would train one step)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
 
 
 TEXT_SOURCES = ("shakespeare", "sotu", "text")  # sources of the gpt family; a stored `dataset` holds either kind
@@ -32,16 +51,16 @@ class DataConfig(Strict):
     path: str | None = None  # file or folder for imagefolder/npz/idx/text sources
     labels_path: str | None = None  # idx source only: the labels file
     field: str = "text"  # text source: the JSONL field holding each document
-    size: int | None = Field(None, ge=1)  # unique training examples (text: tokens), a nested subset; None: all
-    val_size: int = Field(5000, ge=0)  # fashion-mnist: examples carved from the train split for validation
-    val_fraction: float = Field(0.05, ge=0, lt=1)  # other sources: share of the train split held out for validation
-    #                                                 (text: share of documents; split by document, never mid-text)
-    test_fraction: float = Field(0.1, gt=0, lt=1)  # imagefolder/npz/idx: share held out for test metrics
-    split_seed: int = 0  # seed of splits and subsets, independent of the training seed
-    channels: Literal[1, 3] = 1  # imagefolder: 1 grayscale (PIL "L"), 3 RGB
-    image_size: int | None = Field(None, ge=8)  # imagefolder: resize to a square of this side
+    size: Int | None = Field(None, ge=1)  # unique training examples (text: tokens), a nested subset; None: all
+    val_size: Int = Field(5000, ge=0)  # fashion-mnist: examples carved from the train split for validation
+    val_fraction: Float = Field(0.05, ge=0, lt=1)  # other sources: share of the train split held out for validation
+    #                                                 (text: whole documents; one document: its end, from a line start)
+    test_fraction: Float = Field(0.1, gt=0, lt=1)  # imagefolder/npz/idx: share held out for test metrics
+    split_seed: Int = 0  # seed of splits and subsets, independent of the training seed
+    channels: Annotated[Literal[1, 3], BeforeValidator(_not_bool)] = 1  # imagefolder: 1 grayscale (PIL "L"), 3 RGB
+    image_size: Int | None = Field(None, ge=8)  # imagefolder: resize to a square of this side
     tokenizer: Literal["char", "bpe"] = "char"  # text: characters (any Unicode) or byte-level BPE (HF tokenizers)
-    vocab_size: int = Field(4096, ge=8, le=2**32)  # text: BPE vocabulary / most characters kept (rarer: <unk>),
+    vocab_size: Int = Field(4096, ge=8, le=2**32)  # text: BPE vocabulary / most characters kept (rarer: <unk>),
     #                                                special tokens included; trained on the train split only
 
     @field_validator("augment")
@@ -72,11 +91,11 @@ class ModelConfig(Strict):
     family: Literal["gan", "gpt"] = "gan"  # gan: images (models/gan.py); gpt: text (models/gpt.py)
     arch: Literal["gan-mlp", "dcgan", "gpt"] = "dcgan"  # network of the family; default: dcgan for gan, gpt for gpt
     size: str = "small"  # preset name from the arch's presets (models/gan.py, models/gpt.py)
-    z_dim: int = Field(100, ge=1)  # gan: latent size; 100 like the original GAN and DCGAN papers
+    z_dim: Int = Field(100, ge=1)  # gan: latent size; 100 like the original GAN and DCGAN papers
     loss: Literal["ns", "hinge", "wgan-gp"] = "ns"  # gan: ns is non-saturating BCE (Goodfellow et al. 2014)
-    gp_weight: float = Field(10.0, ge=0)  # gan wgan-gp: gradient-penalty weight lambda (Gulrajani et al. 2017)
-    block_size: int = Field(256, ge=2)  # gpt: context length in tokens
-    dropout: float = Field(0.0, ge=0, lt=1)  # gpt: dropout on attention, residual and embedding outputs
+    gp_weight: Float = Field(10.0, ge=0)  # gan wgan-gp: gradient-penalty weight lambda (Gulrajani et al. 2017)
+    block_size: Int = Field(256, ge=2)  # gpt: context length in tokens
+    dropout: Float = Field(0.0, ge=0, lt=1)  # gpt: dropout on attention, residual and embedding outputs
     bias: bool = False  # gpt: biases in Linear and LayerNorm layers; without is a little faster and as good
     init_from: str | None = None  # gpt: a run (id, prefix or folder) whose final weights start this one (fine-tuning);
     #                               its tokenizer is reused, so data.tokenizer/vocab_size must match it
@@ -95,57 +114,63 @@ class ModelConfig(Strict):
                              f"(choose {', '.join(ARCHS[self.family])})")
         if self.init_from and self.family != "gpt":
             raise ValueError("init_from: fine-tuning from another run is built for the gpt family only")
+        from genscale.models import PRESETS  # torch is imported only once a config is checked
+
+        if self.size not in PRESETS[self.arch]:
+            raise ValueError(f"size '{self.size}' is not a preset of {self.arch} "
+                             f"(choose {', '.join(PRESETS[self.arch])})")
         return self
 
 
 class TrainConfig(Strict):
-    steps: int = Field(2000, ge=1)  # optimiser updates (gan: generator updates)
-    batch_size: int = Field(64, ge=1)  # examples per update (gpt: sequences per micro-batch)
-    betas: tuple[float, float] | None = None  # Adam(W) betas; None: (0.5, 0.999) for gan as in DCGAN (Radford et
+    steps: Int = Field(2000, ge=1)  # optimiser updates (gan: generator updates)
+    batch_size: Int = Field(64, ge=1)  # examples per update (gpt: sequences per micro-batch)
+    betas: tuple[Float, Float] | None = None  # Adam(W) betas; None: (0.5, 0.999) for gan as in DCGAN (Radford et
     #                                           al. 2016), (0.9, 0.95) for gpt as in GPT-3 (Brown et al. 2020)
-    lr_g: float = Field(2e-4, gt=0)  # gan: Adam learning rates; 2e-4 as in DCGAN
-    lr_d: float = Field(2e-4, gt=0)
-    d_steps: int = Field(1, ge=1)  # gan: discriminator updates per generator update (5 is usual for wgan-gp)
-    ema_decay: float = Field(0.999, ge=0, lt=1)  # gan: EMA of generator weights; samples and metrics use the EMA
-    lr: float = Field(1e-3, gt=0)  # gpt: peak AdamW learning rate (1e-3 suits small models; GPT-2 small used 6e-4)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # gpt: the cosine schedule ends at lr * this (Hoffmann et al. 2022)
-    warmup_steps: int = Field(100, ge=0)  # gpt: linear warm-up steps before the cosine decay
-    weight_decay: float = Field(0.1, ge=0)  # gpt: AdamW decay, on matrices and embeddings only (not biases/norms)
-    grad_accum: int = Field(1, ge=1)  # gpt: micro-batches per update; tokens per update = this * batch * block
-    grad_clip: float = Field(1.0, ge=0)  # gpt: clip the global gradient norm to this; 0 disables
+    lr_g: Float = Field(2e-4, gt=0)  # gan: Adam learning rates; 2e-4 as in DCGAN
+    lr_d: Float = Field(2e-4, gt=0)
+    d_steps: Int = Field(1, ge=1)  # gan: discriminator updates per generator update (5 is usual for wgan-gp)
+    ema_decay: Float = Field(0.999, ge=0, lt=1)  # gan: EMA of generator weights (samples and metrics use it);
+    #                                             decay at update n is min(ema_decay, (1 + n) / (10 + n)), a warm-up
+    lr: Float = Field(1e-3, gt=0)  # gpt: peak AdamW learning rate (1e-3 suits small models; GPT-2 small used 6e-4)
+    min_lr_ratio: Float = Field(0.1, ge=0, le=1)  # gpt: the cosine schedule ends at lr * this (Hoffmann et al. 2022)
+    warmup_steps: Int = Field(100, ge=0)  # gpt: linear warm-up steps before the cosine decay
+    weight_decay: Float = Field(0.1, ge=0)  # gpt: AdamW decay, on matrices and embeddings only (not biases/norms)
+    grad_accum: Int = Field(1, ge=1)  # gpt: micro-batches per update; tokens per update = this * batch * block
+    grad_clip: Float = Field(1.0, ge=0)  # gpt: clip the global gradient norm to this; 0 disables
     compile: bool = False  # gpt: torch.compile the model (pays off on CUDA; compilation takes a minute)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
-    checkpoint_every: int = Field(500, ge=1)  # steps between checkpoints (one is always written at the end)
-    log_every: int = Field(50, ge=1)  # steps between metric logs and the non-finite loss check
-    seed: int = 0  # training seed: initialisation, noise and batch order
+    checkpoint_every: Int = Field(500, ge=1)  # steps between checkpoints (one is always written at the end)
+    log_every: Int = Field(50, ge=1)  # steps between metric logs and the non-finite loss check
+    seed: Int = 0  # training seed: initialisation, noise and batch order
 
     def adam_betas(self, family: str) -> tuple[float, float]:
         return self.betas or ((0.9, 0.95) if family == "gpt" else (0.5, 0.999))
 
 
 class ClassifierConfig(Strict):
-    epochs: int = Field(3, ge=1)  # fmnist-classifier: epochs over the labelled train split (~50 s each on 2 cores)
-    train_size: int | None = Field(None, ge=10)  # labelled examples used (None: all); tests use few
-    seed: int = 0
+    epochs: Int = Field(3, ge=1)  # fmnist-classifier: epochs over the labelled train split (~50 s each on 2 cores)
+    train_size: Int | None = Field(None, ge=10)  # labelled examples used (None: all); tests use few
+    seed: Int = 0
 
 
 class EvalConfig(Strict):
     extractor: Literal["fmnist-classifier", "inception"] = "fmnist-classifier"  # gan: feature network for FID/KID
-    n_samples: int = Field(10000, ge=2)  # gan: generated samples (and at most this many test images)
-    kid_subsets: int = Field(100, ge=1)  # gan KID: random subsets averaged (as torch-fidelity)
-    kid_subset_size: int = Field(1000, ge=2)  # gan KID: samples per subset
-    batch_size: int = Field(250, ge=1)  # images (gan) or context windows (gpt) per forward pass
-    val_tokens: int = Field(65536, ge=1)  # gpt: held-out tokens scored for val_loss and perplexities
-    prompts: int = Field(32, ge=1)  # gpt BLEU: prompts taken from held-out documents
-    prompt_tokens: int = Field(64, ge=1)  # gpt BLEU: tokens of each prompt
-    continuation_tokens: int = Field(64, ge=1)  # gpt BLEU: tokens generated per prompt, scored against the next
+    n_samples: Int = Field(10000, ge=2)  # gan: generated samples (and at most this many test images)
+    kid_subsets: Int = Field(100, ge=1)  # gan KID: random subsets averaged (as torch-fidelity)
+    kid_subset_size: Int = Field(1000, ge=2)  # gan KID: samples per subset
+    batch_size: Int = Field(250, ge=1)  # images (gan) or context windows (gpt) per forward pass
+    val_tokens: Int = Field(65536, ge=1)  # gpt: held-out tokens scored for val_loss and perplexities
+    prompts: Int = Field(32, ge=1)  # gpt BLEU: prompts taken from held-out documents
+    prompt_tokens: Int = Field(64, ge=1)  # gpt BLEU: tokens of each prompt
+    continuation_tokens: Int = Field(64, ge=1)  # gpt BLEU: tokens generated per prompt, scored against the next
     #                                             this many held-out tokens
-    diversity_samples: int = Field(16, ge=2)  # gpt self-BLEU and distinct-n: unprompted samples of
-    sample_tokens: int = Field(128, ge=1)  # gpt: tokens per unprompted sample
-    temperature: float = Field(1.0, ge=0)  # gpt evaluation sampling (0: greedy); 1 with no filter is the model itself
-    top_k: int | None = Field(None, ge=1)  # gpt evaluation sampling: keep the k most likely tokens
-    top_p: float | None = Field(None, gt=0, le=1)  # gpt evaluation sampling: nucleus mass
+    diversity_samples: Int = Field(16, ge=2)  # gpt self-BLEU and distinct-n: unprompted samples of
+    sample_tokens: Int = Field(128, ge=1)  # gpt: tokens per unprompted sample
+    temperature: Float = Field(1.0, ge=0)  # gpt evaluation sampling (0: greedy); 1 with no filter is the model itself
+    top_k: Int | None = Field(None, ge=1)  # gpt evaluation sampling: keep the k most likely tokens
+    top_p: Float | None = Field(None, gt=0, le=1)  # gpt evaluation sampling: nucleus mass
     bleu_tokenize: Literal["13a", "char", "zh", "ja-mecab", "intl", "none"] = "13a"  # sacrebleu tokenizer of BLEU,
     #                                     self-BLEU and distinct-n; "char" (or "zh") for text written without spaces
     on_train_end: bool = True  # evaluate and gate right after training
@@ -153,8 +178,8 @@ class EvalConfig(Strict):
 
 
 class Threshold(Strict):
-    max: float | None = None  # metric must be <= max
-    min: float | None = None  # metric must be >= min
+    max: Float | None = None  # metric must be <= max
+    min: Float | None = None  # metric must be >= min
 
     @model_validator(mode="after")
     def _one_bound(self) -> Threshold:
@@ -232,6 +257,14 @@ def config_from_dict(raw: dict[str, Any], origin: str = "config") -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         raise GenscaleError(_format_error(e, origin)) from None
+
+
+def config_with(cfg: RunConfig, settings: dict[str, Any], origin: str) -> RunConfig:
+    """A copy of `cfg` with dotted keys set ({'eval.n_samples': 100}), validated; `origin` names them in errors."""
+    raw = cfg.model_dump(mode="json")
+    for key, value in settings.items():
+        set_nested(raw, key.split("."), value, origin)
+    return config_from_dict(raw, origin)
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import platformdirs
+
+from genscale.errors import GenscaleError
 
 
 def cache_dir() -> Path:
@@ -44,3 +48,27 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+    """The JSON value in `path`; a missing, unreadable or malformed file is a GenscaleError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GenscaleError(f"{path}: {what} is missing") from None
+    except OSError as e:
+        raise GenscaleError(f"{path}: cannot read {what} ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise GenscaleError(f"{path}: {what} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise GenscaleError(f"{path}: {what} is not UTF-8 text") from None
+
+
+def check_output_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """`path` as a file to write `what` to: not a folder, and named with one of `suffixes` (case-insensitive)."""
+    if path.is_dir():
+        example = path / f"out{suffixes[0]}"
+        raise GenscaleError(f"{path}: is a folder; give a file name for the {what}, e.g. {example}")
+    if path.suffix.lower() not in suffixes:
+        raise GenscaleError(f"{path}: the {what} needs a file name ending in {', '.join(suffixes)}")
+    return path

@@ -7,23 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from rich.console import Console
 
-from genscale.config import RunConfig, config_from_dict, load_config
+from genscale.config import RunConfig, config_from_dict, config_with, load_config, read_yaml_mapping
 from genscale.data.datasets import DataSplits, load_image_data
 from genscale.data.tokenizer import UNK_ID, TextTokenizer
 from genscale.data.tokens import TextData
 from genscale.errors import GenscaleError
 from genscale.gate import GateResult, apply_gate
 from genscale.metrics.evaluate import evaluate_images, generate_images, make_extractor
-from genscale.models import check_size
 from genscale.models.gan import build_gan
 from genscale.models.gpt import GPT
-from genscale.paths import atomic_write_bytes, runs_dir
-from genscale.tracking import Tracker, resolve_run_dir
-from genscale.train.checkpoint import latest_step, load_checkpoint, unprefixed
+from genscale.paths import atomic_write_bytes, check_output_file, read_json, runs_dir
+from genscale.tracking import NullTracker, Tracker, resolve_run_dir, run_lock, tracking_uri
+from genscale.train.checkpoint import checkpoint_steps, load_checkpoint, load_state, unprefixed
 from genscale.train.gan import GanRecipe
 from genscale.train.gpt import GptRecipe, build_model, weights_from_checkpoint
 from genscale.train.loop import fit, write_config
@@ -33,6 +31,7 @@ from genscale.ui import console
 results = Console(soft_wrap=True)  # stdout: metrics and the gate verdict
 
 SAMPLE_SEED = 1234  # fixed noise for sample grids, so grids of different runs are comparable
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what `sample -o` may write an image grid as
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: int = 2) -> Path:
@@ -53,13 +52,29 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: in
 def tracked_run_id(run_dir: Path) -> str:
     """The MLflow run id of a run folder: recorded in tracking.json, else the folder's name."""
     path = run_dir / "tracking.json"
-    return json.loads(path.read_text())["run_id"] if path.exists() else run_dir.name
+    record = read_json(path, "tracking record") if path.exists() else {}
+    if not isinstance(record, dict) or not isinstance(record.get("run_id", ""), str):
+        raise GenscaleError(f"{path}: tracking record is not {{\"run_id\": \"...\"}}")
+    return record.get("run_id") or run_dir.name
 
 
 def load_run(run: str) -> tuple[Path, RunConfig]:
+    """(folder, config) of a run given by folder, id, unique id prefix or 'latest'."""
     run_dir = resolve_run_dir(run)
-    return run_dir, config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()),
-                                     str(run_dir / "config.yaml"))
+    path = run_dir / "config.yaml"
+    return run_dir, config_from_dict(read_yaml_mapping(path, "run config"), str(path))
+
+
+def run_tracker(run_dir: Path, *, reopen: bool) -> Tracker | NullTracker:
+    """The tracked run of an existing run folder in the user's store; a NullTracker (and a note) if the store does
+    not hold it, e.g. a folder copied from another machine. `reopen`: mark it RUNNING (resume), not for eval."""
+    run_id = tracked_run_id(run_dir)
+    tracker = Tracker.existing(run_id, reopen=reopen)
+    if tracker is None:
+        console.print(f"note: run {run_id} is not in the tracking store {tracking_uri()}; results are written to "
+                      f"{run_dir} only (set MLFLOW_TRACKING_URI to the store that holds it)", highlight=False)
+        return NullTracker(run_id)
+    return tracker
 
 
 def init_run_dir(cfg: RunConfig) -> Path | None:
@@ -73,7 +88,7 @@ def init_run_dir(cfg: RunConfig) -> Path | None:
     where = f"model.init_from {cfg.model.init_from}"
     if theirs.model.family != "gpt" or not (init_dir / "tokenizer.json").exists():
         raise GenscaleError(f"{where}: not a gpt run with a tokenizer (family {theirs.model.family})")
-    if latest_step(init_dir / "checkpoints") is None:
+    if not checkpoint_steps(init_dir / "checkpoints"):
         raise GenscaleError(f"{where}: the run has no checkpoint yet")
     mine, parent = cfg.data, theirs.data
     if (mine.tokenizer, mine.vocab_size) != (parent.tokenizer, parent.vocab_size):
@@ -110,23 +125,24 @@ def make_recipe(cfg: RunConfig, data: DataSplits | TextData, device: torch.devic
     return GptRecipe(cfg, data, device, init_dir=None if resume else init_run_dir(cfg))  # type: ignore[arg-type]
 
 
-def load_generator(run_dir: Path, cfg: RunConfig, device: torch.device) -> torch.nn.Module:
-    """The EMA generator of the run's latest checkpoint."""
-    tensors, sidecar = load_checkpoint(run_dir / "checkpoints")
+def load_generator(run_dir: Path, cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, int]:
+    """The EMA generator of the run's newest intact checkpoint, and that checkpoint's step."""
+    ckpt = load_checkpoint(run_dir / "checkpoints")
     g, _ = build_gan(cfg.model.arch, cfg.model.size, z_dim=cfg.model.z_dim,
-                     image_shape=tuple(sidecar["image_shape"]), loss=cfg.model.loss)
-    g.load_state_dict(unprefixed(unprefixed(tensors, "ema"), "module"))
-    return g.to(device).eval()
+                     image_shape=tuple(ckpt.sidecar["image_shape"]), loss=cfg.model.loss)
+    load_state(g, unprefixed(unprefixed(ckpt.tensors, "ema"), "module"), f"{run_dir} step {ckpt.step}")
+    return g.to(device).eval(), ckpt.step
 
 
-def load_language_model(run_dir: Path, cfg: RunConfig, device: torch.device) -> tuple[GPT, TextTokenizer]:
-    """The run's latest GPT weights and its tokenizer."""
+def load_language_model(run_dir: Path, cfg: RunConfig, device: torch.device) -> tuple[GPT, TextTokenizer, int]:
+    """The GPT weights of the run's newest intact checkpoint, its tokenizer, and that checkpoint's step."""
     from genscale.data.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer.load(run_dir / "tokenizer.json")
     model = build_model(cfg, tokenizer.vocab_size)
-    model.load_state_dict(weights_from_checkpoint(load_checkpoint(run_dir / "checkpoints")[0]))
-    return model.to(device).eval(), tokenizer
+    ckpt = load_checkpoint(run_dir / "checkpoints")
+    load_state(model, weights_from_checkpoint(ckpt.tensors), f"{run_dir} step {ckpt.step}")
+    return model.to(device).eval(), tokenizer, ckpt.step
 
 
 def _flat_metrics(records: dict[str, dict]) -> dict[str, float]:
@@ -134,11 +150,13 @@ def _flat_metrics(records: dict[str, dict]) -> dict[str, float]:
 
 
 def evaluate_and_gate(cfg: RunConfig, run_dir: Path, data: DataSplits | TextData, model: torch.nn.Module,
-                      device: torch.device, tracker: Tracker | None, step: int) -> tuple[dict, GateResult]:
+                      device: torch.device, tracker: Tracker | NullTracker, step: int) -> tuple[dict, GateResult]:
     """Metrics of the trained model (gan: its EMA generator) on held-out data, stored in metrics.json, then the
     gate, stored in gate.json; both logged to the tracker."""
     path = run_dir / "metrics.json"
-    stored = json.loads(path.read_text()) if path.exists() else {}
+    stored = read_json(path, "metrics file") if path.exists() else {}
+    if not isinstance(stored, dict):
+        raise GenscaleError(f"{path}: metrics file is not a JSON object; move it away to evaluate again")
     if cfg.model.family == "gpt":
         from genscale.metrics.text import evaluate_text
 
@@ -155,11 +173,10 @@ def evaluate_and_gate(cfg: RunConfig, run_dir: Path, data: DataSplits | TextData
     gate = apply_gate(cfg.gate, _flat_metrics(stored))
     atomic_write_bytes(run_dir / "gate.json", json.dumps({"verdict": gate.verdict,
                                                           "reasons": gate.reasons}, indent=1).encode())
-    if tracker:
-        tracker.log_metrics(_flat_metrics(records), step)
-        tracker.set_tags({**{f"{k}.extractor": v["extractor"] for k, v in records.items()},
-                          **{f"{k}.n_gen": v["n_gen"] for k, v in records.items()},
-                          "gate": gate.verdict, "gate.reasons": "; ".join(gate.reasons)})
+    tracker.log_metrics(_flat_metrics(records), step)
+    tracker.set_tags({**{f"{k}.extractor": v["extractor"] for k, v in records.items()},
+                      **{f"{k}.n_gen": v["n_gen"] for k, v in records.items()},
+                      "gate": gate.verdict, "gate.reasons": "; ".join(gate.reasons)})
     return records, gate
 
 
@@ -199,14 +216,15 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
     assert cfg is not None
     device = select_device(cfg.train.device)
     data = load_data(cfg, run_dir if resume else None)
-    check_size(cfg.model.arch, cfg.model.size)  # an error before any run is recorded
     if resume:
-        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_id=tracked_run_id(run_dir))
+        lock = run_lock(run_dir)  # before the tracker: a second process on this run must not touch its status
+        tracker = run_tracker(run_dir, reopen=True)
     else:
         tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_name=cfg.name,
                           tags={"family": cfg.model.family, "arch": cfg.model.arch, **(tags or {})})
         run_dir = run_dir or runs_dir() / tracker.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = run_lock(run_dir)
         atomic_write_bytes(run_dir / "tracking.json", json.dumps({"run_id": tracker.run_id}).encode())
         write_config(cfg, run_dir)
         if isinstance(data, TextData):  # saved with the run: sampling and fine-tuning use exactly this one
@@ -239,40 +257,41 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
     except BaseException:
         tracker.finish("FAILED")
         raise
+    finally:
+        lock.release()
     tracker.finish()
     return run_dir
 
 
 def evaluate_run(run: str, *, extractor: str | None = None, n: int | None = None) -> tuple[dict, GateResult]:
+    """Metrics and gate of a run's newest intact checkpoint, logged to its tracked run (its status unchanged)."""
     run_dir, cfg = load_run(run)
-    if cfg.model.family == "gpt" and (extractor or n):
+    if cfg.model.family == "gpt" and (extractor or n is not None):
         raise GenscaleError("eval: --extractor and --n apply to image (gan) runs; a gpt run's settings are in "
                             "its config's eval section")
     if extractor:
-        cfg.eval.extractor = extractor
-    if n:
-        cfg.eval.n_samples = n
+        cfg = config_with(cfg, {"eval.extractor": extractor}, f"--extractor {extractor}")
+    if n is not None:
+        cfg = config_with(cfg, {"eval.n_samples": n}, f"--n {n}")
     device = select_device(cfg.train.device)
     data = load_data(cfg, run_dir)
     if cfg.model.family == "gpt":
-        model, _ = load_language_model(run_dir, cfg, device)
+        model, _, step = load_language_model(run_dir, cfg, device)
     else:
-        model = load_generator(run_dir, cfg, device)
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_id=tracked_run_id(run_dir))
-    try:
-        records, gate = evaluate_and_gate(cfg, run_dir, data, model, device, tracker, cfg.train.steps)
-    finally:
-        tracker.finish()
-    return records, gate
+        model, step = load_generator(run_dir, cfg, device)
+    if step != cfg.train.steps:
+        console.print(f"note: evaluating checkpoint step {step} of the run's {cfg.train.steps} steps", highlight=False)
+    return evaluate_and_gate(cfg, run_dir, data, model, device, run_tracker(run_dir, reopen=False), step)
 
 
 def sample_run(run: str, *, n: int, out: Path, seed: int = SAMPLE_SEED) -> Path:
-    """A PNG grid of n samples from an image run's EMA generator."""
+    """A PNG (or JPEG/WebP/BMP, by `out`'s suffix) grid of n samples from an image run's EMA generator."""
     run_dir, cfg = load_run(run)
     if cfg.model.family != "gan":
         raise GenscaleError(f"run {run}: a {cfg.model.family} run samples text; use sample_texts")
+    check_output_file(out, GRID_SUFFIXES, "image grid")
     device = select_device(cfg.train.device)
-    g = load_generator(run_dir, cfg, device)
+    g, _ = load_generator(run_dir, cfg, device)
     return save_grid(generate_images(g, n, z_dim=cfg.model.z_dim, seed=seed, device=device), out)
 
 
@@ -298,7 +317,7 @@ def sample_texts(run: str, *, prompt: str, n: int, max_new_tokens: int, temperat
         raise GenscaleError(f"run {run}: a {cfg.model.family} run samples images; --prompt and the text options "
                             "apply to gpt runs")
     device = select_device(cfg.train.device)
-    model, tokenizer = load_language_model(run_dir, cfg, device)
+    model, tokenizer, _ = load_language_model(run_dir, cfg, device)
     return generate_texts(model, tokenizer, prompt=prompt, n=n, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, device=device)
 

@@ -6,9 +6,12 @@ MLflow holds params, per-step metrics, tags and copies of the artifacts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,40 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a SQLite store across processes: MLflow creates and migrates its schema on first
+    use, and two processes doing that at once fail ("duplicate column name", alembic errors). Servers need none."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock"):
+        yield
+
+
+def open_client(uri: str | None = None):
+    """An MlflowClient on the store (made and migrated under a lock when it is SQLite)."""
+    _quiet_mlflow()  # imports mlflow late: it takes ~2 s
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(uri)
+    with _store_lock(uri):
+        try:
+            return MlflowClient(uri)  # fetches the store: creates and migrates the schema
+        except MlflowException as e:
+            raise GenscaleError(f"tracking store {uri}: {str(e).splitlines()[0]}") from None
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}."""
     out: dict[str, Any] = {}
@@ -50,23 +87,38 @@ class Tracker:
     """One MLflow run, used through MlflowClient (no global active-run state)."""
 
     def __init__(self, uri: str | None, experiment: str, run_id: str | None = None, run_name: str = "run",
-                 tags: dict[str, str] | None = None):
-        _quiet_mlflow()  # imports mlflow late: it takes ~2 s
-        from mlflow.tracking import MlflowClient
-
+                 tags: dict[str, str] | None = None, *, reopen: bool = True):
+        """A new run in `experiment` (created if missing), or the existing `run_id`; `reopen` marks an existing
+        run RUNNING again (a resumed run), otherwise its status is left as it is (an evaluation)."""
         self.uri = tracking_uri(uri)
-        self.client = MlflowClient(self.uri)
+        self.client = open_client(self.uri)
         if run_id is None:
-            exp = self.client.get_experiment_by_name(experiment)
-            if exp is None:
-                artifacts = (runs_dir() / "mlartifacts").as_uri() if self.uri.startswith("sqlite:") else None
-                exp_id = self.client.create_experiment(experiment, artifact_location=artifacts)
-            else:
-                exp_id = exp.experiment_id
+            with _store_lock(self.uri):  # get-or-create: two new runs must not both create the experiment
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    artifacts = (runs_dir() / "mlartifacts").as_uri() if self.uri.startswith("sqlite:") else None
+                    exp_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+                else:
+                    exp_id = exp.experiment_id
             run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags or {}).info.run_id
-        else:
+        elif reopen:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
+
+    @classmethod
+    def existing(cls, run_id: str, *, reopen: bool) -> Tracker | None:
+        """The run `run_id` in the user's store ($MLFLOW_TRACKING_URI, else <runs>/mlflow.db), or None if that
+        store does not hold it (a run folder copied from elsewhere).
+
+        A run folder's own config never chooses the store: a copied folder must not make genscale write to, or
+        call, a tracking URI written inside it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            open_client(None).get_run(run_id)
+        except MlflowException:
+            return None
+        return cls(None, "", run_id=run_id, reopen=reopen)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -94,18 +146,58 @@ class Tracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
+class NullTracker:
+    """Stands in for a Tracker when the store does not hold the run (a copied run folder): records nothing."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
+
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+def run_lock(run_dir: Path):
+    """Hold the run folder for this process (released at exit, also by a kill): a second `train --resume` of a
+    run that is still training would write the same checkpoints."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(run_dir / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise GenscaleError(f"{run_dir}: another process is training this run") from None
+    return lock
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")  # MLflow run ids are hex; study trial folders add - . =
+
+
 def resolve_run_dir(run: str) -> Path:
-    """A run folder path, a run id, a unique prefix of one, or 'latest' (the newest run folder)."""
-    path = Path(run)
-    if (path / "config.yaml").exists():
+    """A run folder path, a run id, a unique prefix of one, or 'latest' (the newest run folder).
+
+    Anything with a path separator, or an existing folder, is a path and must be a run folder (hold config.yaml);
+    otherwise it is 'latest' or an id prefix, matched literally against the folder names in <runs> (no globbing)."""
+    path = Path(run).expanduser()
+    if (path / "config.yaml").is_file():
         return path.absolute()
+    if os.sep in run or "/" in run or run in (".", "..") or run.startswith("~") or path.is_dir():
+        raise GenscaleError(f"{run}: not a run folder (no config.yaml)")
     root = runs_dir()
+    folders = [p for p in root.iterdir() if (p / "config.yaml").is_file()] if root.is_dir() else []
     if run == "latest":
-        folders = [p for p in root.glob("*") if (p / "config.yaml").exists()] if root.exists() else []
         if not folders:
             raise GenscaleError(f"run 'latest': no runs in {root}")
         return max(folders, key=lambda p: (p / "config.yaml").stat().st_mtime)
-    matches = [p for p in root.glob(f"{run}*") if (p / "config.yaml").exists()] if root.exists() else []
+    if not _RUN_ID.fullmatch(run):
+        raise GenscaleError(f"run '{run}': not a run id, prefix or folder")
+    matches = sorted(p for p in folders if p.name.startswith(run))
     if len(matches) == 1:
         return matches[0]
     if not matches:
@@ -115,10 +207,7 @@ def resolve_run_dir(run: str) -> Path:
 
 def list_runs(uri: str | None = None, experiment: str = "genscale") -> list[dict[str, Any]]:
     """Rows for `genscale runs`, newest first."""
-    _quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri(uri))
+    client = open_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []

@@ -15,6 +15,7 @@ reference; duplicates within test are reported):
      Text: MinHash/LSH (datasketch) on character 5-grams, Jaccard >= threshold.
      A train record near a test record is removed; of a train pair, the later record is removed unless its partner
      was removed already.
+A clean that would leave no train record is an error (with the removals counted by reason); nothing is stored.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from PIL import Image
 
 from genscale.data.sources import reason_kind
 from genscale.data.store import Version, load_images, load_texts, load_version, version_folder, write_version
+from genscale.errors import GenscaleError
 from genscale.paths import atomic_write_bytes
 from genscale.ui import progress
 
@@ -273,6 +275,12 @@ def clean_version(version: Version, settings: CleanSettings = CleanSettings()) -
     drop = {r.index for r in removals}
     keep = [i for i in range(len(version.records)) if i not in drop]
     counts = dict(Counter(reason_kind(r.reason) + (" (train near test: leakage)" if r.leak else "") for r in removals))
+    if all(is_test[i] for i in keep):  # checked before anything is stored: no empty version, no report
+        options = ("--min-chars, --min-letter-fraction, --text-jaccard" if version.kind == "text" else
+                   "--blank-std, --min-neighbour-corr, --phash-distance, --pixel-distance")
+        raise GenscaleError(f"dataset {version.id}: cleaning leaves 0 of its {int((~is_test).sum())} train records "
+                            f"(removed: {', '.join(f'{k} {v}' for k, v in counts.items()) or 'nothing'}); nothing "
+                            f"stored. Loosen the settings ({options}) or check the data")
     src = version.records
     report = {
         "input": version.id, "settings": asdict(settings), "records_in": len(src), "records_out": len(keep),

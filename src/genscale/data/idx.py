@@ -7,6 +7,7 @@ uint32 per dimension, then the data in C order.
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise GenscaleError(f"{path}: IDX header is truncated")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: 2^31 x 2^31 x 2^31 does not wrap around
     if len(raw) != expected:
         raise GenscaleError(f"{path}: IDX body has {len(raw) - header} bytes, shape {shape} needs "
                             f"{expected - header}")

@@ -2,7 +2,11 @@
 
 Sources: the built-in `fashion-mnist` (canonical train/test splits), an image folder (PNG, JPEG, BMP, WebP;
 nested; optional class sub-folders), a .npz (`x` uint8, optional `y`), an IDX file (gz or raw, labels with
-`labels=`), a text file, a JSONL file (one document per line from `field`), or a folder of text/JSONL files.
+`labels=`, and `test_labels=` for an IDX `test=` source), a text file, a JSONL file (one document per line from
+`field`), or a folder of text/JSONL files.
+Without `test=`, a seeded share of the records becomes the test split (class-balanced when labelled; text: at least
+one whole document); a text source of a single document is cut instead: its last `test_fraction` of characters,
+from a line start, is the test record (`contiguous_cut`). The rule used is recorded as the operation's `split`.
 Bad records (undecodable, truncated or empty files, decompression bombs, images of another size under the
 reject policy, non-UTF-8 or empty text, bad JSONL lines) are not ingested: each is listed with its reason in
 the version's `quarantine.jsonl` and counted in the summary. Source files are only read.
@@ -49,9 +53,11 @@ class IngestOptions:
     kind: Literal["auto", "image", "text"] = "auto"  # auto: from the files found
     policy: ImagePolicy = ImagePolicy()  # image conversion and size policy
     labels: str | None = None  # IDX source: the labels file
+    test_labels: str | None = None  # IDX `test` source: its labels file (with `labels`: both splits or neither)
     field: str = "text"  # JSONL: the string field holding each document
     test: str | None = None  # a second source of the same kind that becomes the test split
-    test_fraction: float = 0.1  # without `test`: share of records held out as test (class-balanced)
+    test_fraction: float = 0.1  # without `test`: share of records held out as test (class-balanced; text: at
+    #                             least one document; a single document: this share of its end, from a line start)
     split_seed: int = 0
 
 
@@ -102,10 +108,14 @@ def _read_images(path: Path, opts: IngestOptions, split: str) -> _Read:
             raise GenscaleError(f"{path}: expected uint8 images (N, H, W), got {x.dtype} {x.shape}")
         x = x[:, None] if x.ndim == 3 else x
         y = None
-        if opts.labels and split == "train":
-            y = read_idx(opts.labels).astype(np.int64)
-            if y.shape != (len(x),):
-                raise GenscaleError(f"{opts.labels}: {len(y)} labels for {len(x)} images")
+        flag, labels_file = _labels_option(opts, split)
+        if labels_file:
+            y = read_idx(labels_file).astype(np.int64)
+            if y.ndim != 1:
+                raise GenscaleError(f"{flag} {labels_file}: holds an array of shape {y.shape}, not one label per "
+                                    "image")
+            if len(y) != len(x):
+                raise GenscaleError(f"{flag} {labels_file}: {len(y)} labels for the {len(x)} images of {path}")
     hashes = image_record_hashes(x)
     labels = y.tolist() if y is not None else [None] * len(x)
     per = int(np.prod(x.shape[1:]))
@@ -132,17 +142,46 @@ def _read_builtin() -> _Read:
     return _Read("image", records, np.ascontiguousarray(x), classes=FASHION_MNIST_CLASSES, rejected=[])
 
 
+def _labels_option(opts: IngestOptions, split: str) -> tuple[str, str | None]:
+    """The labels file of a split's IDX source and the option that names it."""
+    return ("--labels", opts.labels) if split == "train" else ("--test-labels", opts.test_labels)
+
+
 def _read(source: str, opts: IngestOptions, split: str) -> _Read:
     path = Path(source)
     kind = opts.kind if opts.kind != "auto" else _detect_kind(path) if path.exists() else None
     if kind is None:
         raise GenscaleError(f"{source}: no such file or folder (built-in sources: fashion-mnist)")
-    return _read_images(path, opts, split) if kind == "image" else _read_text(path, opts, split)
+    flag, labels_file = _labels_option(opts, split)
+    if labels_file and (kind != "image" or path.is_dir() or path.suffix.lower() == ".npz"):
+        raise GenscaleError(f"{flag} {labels_file}: a labels file goes with an IDX image source, and {source} is "
+                            "not one (folders label by class sub-folder, .npz files by their 'y' array)")
+    read = _read_images(path, opts, split) if kind == "image" else _read_text(path, opts, split)
+    if not read.records:
+        raise GenscaleError(f"{'' if split == 'train' else '--test '}{source}: no valid records"
+                            + _rejected_summary(read.rejected or []))
+    return read
 
 
-def _assign_test(read: _Read, opts: IngestOptions) -> None:
+def _rejected_summary(rejected: list[Rejected], shown: int = 3) -> str:
+    """" (N rejected; nothing stored): SOURCE: REASON; ...; and K more (REASON COUNT, ...)", on one line."""
+    text = f" ({len(rejected)} rejected; nothing stored)"
+    if rejected:
+        text += ": " + "; ".join(f"{r.source}: {r.reason}" for r in rejected[:shown])
+    if len(rejected) > shown:
+        rest = count_reasons([r.reason for r in rejected[shown:]])
+        text += f"; and {len(rejected) - shown} more (" + ", ".join(f"{k} {v}" for k, v in rest.items()) + ")"
+    return text
+
+
+def _assign_test(read: _Read, opts: IngestOptions) -> str:
+    """Mark the test records (without a `test` source); returns the split rule used, one line."""
     n = len(read.records)
+    if read.kind == "text" and n == 1:  # no whole document to spare: cut the one there is
+        return _cut_single_document(read, opts)
     n_test = round(n * opts.test_fraction)
+    if read.kind == "text":  # as the text loader splits documents: at least one is held out
+        n_test = max(1, n_test)
     if n_test < 1 or n - n_test < 1:
         raise GenscaleError(f"--test-fraction {opts.test_fraction}: {n} records are too few to hold out a test "
                             "split; give --test SOURCE or more records")
@@ -150,19 +189,46 @@ def _assign_test(read: _Read, opts: IngestOptions) -> None:
     test = set(stratified_order(labels, n, opts.split_seed)[:n_test].tolist())
     read.records = [Record(r.source, r.sha256, r.bytes, r.label, "test" if i in test else "train")
                     for i, r in enumerate(read.records)]
+    return (f"by record: {n_test} of {n} held out as test ({'class-balanced, ' if labels is not None else ''}"
+            f"split_seed {opts.split_seed})")
+
+
+def _cut_single_document(read: _Read, opts: IngestOptions) -> str:
+    """One text record -> a train record (its start) and a test record (its contiguous end)."""
+    from genscale.data.text import contiguous_cut
+
+    (record,), (text,) = read.records, read.texts or []
+    cut = contiguous_cut(text, held_fraction=opts.test_fraction, source=record.source, setting="--test-fraction")
+    parts = [text[:cut.at], text[cut.at:]]
+    read.records = [Record(src, content_sha256(part.encode()), len(part.encode()), None, split)
+                    for src, part, split in zip(cut.sources(record.source), parts, ("train", "test"), strict=True)]
+    read.texts = parts
+    return cut.describe()
+
+
+def _check_labels_agree(source: str, read: _Read, test: _Read, opts: IngestOptions) -> None:
+    train_labelled, test_labelled = read.records[0].label is not None, test.records[0].label is not None
+    if train_labelled != test_labelled:
+        labelled, unlabelled = (source, f"--test {opts.test}") if train_labelled else (f"--test {opts.test}", source)
+        raise GenscaleError(f"{labelled} is labelled and {unlabelled} is not: a labelled and an unlabelled split "
+                            "are inconsistent (IDX: give --labels and --test-labels together, or neither)")
 
 
 def ingest(source: str, name: str, opts: IngestOptions = IngestOptions()) -> tuple[Version, list[Rejected]]:
     """Read, validate and store `source` as a dataset version named `name`; returns it and the quarantine list."""
     check_name(name)
+    if opts.test_labels and not opts.test:
+        raise GenscaleError(f"--test-labels {opts.test_labels}: labels the images of a --test source; give --test")
     if source == "fashion-mnist":
         read = _read_builtin()
+        split = "fashion-mnist's canonical train/test split"
     else:
         read = _read(source, opts, "train")
         if opts.test:
             test = _read(opts.test, replace(opts, kind=read.kind), "test")
             if test.kind != read.kind:
                 raise GenscaleError(f"--test {opts.test}: holds {test.kind}, the source holds {read.kind}")
+            _check_labels_agree(source, read, test, opts)
             if read.kind == "image" and test.records and read.records \
                     and test.images.shape[1:] != read.images.shape[1:]:
                 raise GenscaleError(f"--test {opts.test}: images are {test.images.shape[1:]}, the source's are "
@@ -173,16 +239,16 @@ def ingest(source: str, name: str, opts: IngestOptions = IngestOptions()) -> tup
                 read.images = np.concatenate([read.images, test.images])
             if read.texts is not None and test.texts is not None:
                 read.texts += test.texts
-        if not read.records:
-            raise GenscaleError(f"{source}: no valid records ({len(read.rejected or [])} rejected; nothing stored)")
-        if not opts.test:
-            _assign_test(read, opts)
+            split = f"test = the --test source ({len(test.records)} records)"
+        else:
+            split = _assign_test(read, opts)
     rejected = read.rejected or []
     counts = count_reasons([r.reason for r in rejected])
     operation: dict[str, Any] = {"ingest": {
-        "source": source, "test": opts.test, "kind": read.kind, "policy": asdict(opts.policy),
-        "field": opts.field if read.kind == "text" else None, "test_fraction": None if opts.test else
-        opts.test_fraction, "split_seed": opts.split_seed, "quarantined": len(rejected),
+        "source": source, "test": opts.test, "labels": opts.labels, "test_labels": opts.test_labels,
+        "kind": read.kind, "policy": asdict(opts.policy), "field": opts.field if read.kind == "text" else None,
+        "test_fraction": None if opts.test else opts.test_fraction, "split_seed": opts.split_seed, "split": split,
+        "quarantined": len(rejected),
         "quarantined_by_reason": counts}}
     quarantine = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rejected).encode()
     version = write_version(kind=read.kind, records=read.records, images=read.images, texts=read.texts,

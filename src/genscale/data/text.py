@@ -1,4 +1,4 @@
-"""Readers, quality filters and near-duplicate detection for user text data.
+"""Readers, quality filters, near-duplicate detection, and the contiguous cut of a single document, for user text.
 
 A source is a text file (one document), a JSONL file (one document per line, from a named string field) or a folder
 of them. Bad files and lines come back as `Rejected` with a one-line reason instead of raising, so one broken file
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import unicodedata
 import zlib
 from collections import Counter
@@ -25,6 +26,9 @@ _BOM = b"\xef\xbb\xbf"
 _PROGRESS_MIN_TEXTS = 10_000  # below this near_duplicate_texts takes seconds: no bar
 _KEPT_CONTROLS = frozenset("\n\r\t")
 _REPLACEMENT_CHARACTER = "\ufffd"  # what a lossy decoder left where bytes were not valid text
+_CUT_REACH = 4  # a cut may move from its target by at most 1/_CUT_REACH of the held-out length, to reach a boundary
+_LINE_END, _LAST_LINE_END = re.compile(r"\n"), re.compile(r"\n(?=[^\n]*\Z)")  # first / last in a window
+_SPACE, _LAST_SPACE = re.compile(r"\s"), re.compile(r"\s(?=\S*\Z)")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,65 @@ class Rejected:
 
     source: str  # the file path, or "path:LINE" (1-based) for a JSONL line
     reason: str  # one line, e.g. "not UTF-8 (invalid byte 0xff at offset 12)"
+
+
+@dataclass(frozen=True)
+class TextCut:
+    """Where one document is cut in two: text[:at] trains, text[at:] is the contiguous held-out stretch."""
+
+    at: int  # offset of the first held-out character
+    characters: int  # len(text)
+    line: int  # 1-based line of text[at]
+    lines: int  # lines in text (a final newline ends the last line, it does not start another)
+    boundary: str  # what text[at - 1] is: "line" (a newline), "whitespace", or "character" (no boundary near)
+
+    def sources(self, source: str) -> tuple[str, str]:
+        """Record sources of the two parts: "path:lines 1-L" / "path:lines L+1-N" when the cut is at a line end,
+        else 1-based character ranges "path:characters 1-C" / "path:characters C+1-N"."""
+        if self.boundary == "line":
+            return f"{source}:lines 1-{self.line - 1}", f"{source}:lines {self.line}-{self.lines}"
+        return f"{source}:characters 1-{self.at}", f"{source}:characters {self.at + 1}-{self.characters}"
+
+    def describe(self) -> str:
+        """One line stating the rule and where it cut."""
+        held = self.characters - self.at
+        where = {"line": f"from line {self.line} on",
+                 "whitespace": f"from character {self.at + 1} on (after whitespace in line {self.line}: no line end "
+                               "near)",
+                 "character": f"from character {self.at + 1} on (in line {self.line}: no line end or whitespace "
+                              "near)"}[self.boundary]
+        return (f"one document: the last {held:,} of {self.characters:,} characters ({held / self.characters:.1%}) "
+                f"held out, contiguous, {where}")
+
+
+def contiguous_cut(text: str, *, held_fraction: float, source: str, setting: str) -> TextCut:
+    """Cut one document into a train part and a held-out part: the last `held_fraction` of its characters.
+
+    The target cut leaves round(len * held_fraction) characters (at least 1) held out. It then moves to the
+    nearest line start (just after a newline), so no line is split; if no newline lies within a quarter of the
+    held-out length of the target, to the nearest position just after whitespace within that reach; else it
+    stays at the target character. Ties go to the earlier cut (more held out). Both parts must hold a
+    non-whitespace character, else GenscaleError naming `source` and `setting` (the option that set the share).
+    """
+    n = len(text)
+    held = min(n - 1, max(1, round(n * held_fraction)))
+    target = n - held
+    reach = held // _CUT_REACH
+    lo, hi = max(1, target - reach), min(n - 1, target + reach)  # cuts considered, both parts non-empty
+    at, boundary = target, "character"
+    for first, last, name in ((_LINE_END, _LAST_LINE_END, "line"), (_SPACE, _LAST_SPACE, "whitespace")):
+        before = last.search(text, lo - 1, target)  # a boundary char at p puts the cut at p + 1 in [lo, target]
+        after = first.search(text, target, hi)  # cuts in [target + 1, hi]
+        cuts = [m.end() for m in (before, after) if m is not None]
+        if cuts:
+            at, boundary = min(cuts, key=lambda c: (abs(c - target), c)), name
+            break
+    if n < 2 or not text[:at].strip() or not text[at:].strip():
+        raise GenscaleError(f"{source}: one document of {n} characters is too short to hold out its last "
+                            f"{setting} {held_fraction:g} as a contiguous stretch (one part would be empty or "
+                            f"whitespace only); give more text or a larger {setting}")
+    lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+    return TextCut(at, n, text.count("\n", 0, at) + 1, lines, boundary)
 
 
 def read_text_source(path: str | Path, *, field: str = "text") -> tuple[list[TextRecord], list[Rejected]]:

@@ -1,13 +1,17 @@
-"""Text documents -> train/held-out split by document -> tokenizer -> flat token shards, cached.
+"""Text documents -> train/held-out split -> tokenizer -> flat token shards, cached.
 
 Like nanoGPT's `prepare.py`, each split becomes one flat binary file of token ids (train.bin, val.bin), every
-document followed by <|endoftext|>. Documents are split whole, never mid-text, so no held-out passage was seen in
-training. The tokenizer is trained on the train documents only. The train documents are in a seeded order, so
-`train_full[:size]` is a nested subset: a smaller size is a prefix of a larger one with the same split_seed.
+document followed by <|endoftext|>. With at least 2 documents they are split whole, never mid-text, so no held-out
+passage was seen in training. A source of one document (one input.txt) is cut instead: its last data.val_fraction
+of characters, moved to a line start, is held out as one contiguous stretch (`contiguous_cut`). `TextData.split`
+states which rule was used. The tokenizer is trained on the train documents only. The train documents are in a
+seeded order, so `train_full[:size]` is a nested subset: a smaller size is a prefix of a larger one with the same
+split_seed.
 
 Cache layout: cache_dir()/tokens/<key>/{train.bin, val.bin, tokenizer.json, meta.json}; meta.json is written last
-and marks the folder complete. The key covers the documents' content id, the split settings and the tokenizer (its
-sha256 when given, else the settings it is trained with), but not `data.size`, so all sizes share one folder.
+and marks the folder complete. The key covers the documents' content id, the split settings and the split's
+statement (which rule, where it cut), and the tokenizer (its sha256 when given, else the settings it is trained
+with), but not `data.size`, so all sizes share one folder.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -30,6 +34,7 @@ from genscale.ui import console, progress
 
 if TYPE_CHECKING:
     from genscale.config import DataConfig
+    from genscale.data.store import Version
 
 CACHE_FORMAT = 1  # bump when the files' layout changes, so old folders are not read with new assumptions
 _BATCH_CHARACTERS = 1 << 20  # documents are encoded in batches of about this many characters
@@ -48,6 +53,7 @@ class TextData:
     train: np.ndarray  # train_full[:data.size], a view: the nested subset trained on (all when size is None)
     val: np.ndarray  # (M,) held-out documents in document order, each followed by EOT (same dtype)
     val_documents: list[str]  # the held-out texts (BLEU takes prompts and references from them)
+    split: str  # the split rule used, one line: "by document: 40 train, 2 held out (...)", "one document: ..."
     folder: Path  # cache folder holding train.bin, val.bin, tokenizer.json, meta.json
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -79,18 +85,32 @@ def split_documents(n: int, *, val_fraction: float, seed: int) -> tuple[np.ndarr
     return order[n_held:], np.sort(order[:n_held])
 
 
-def _check_count(source: str, n: int) -> None:
-    if n < 2:
-        raise GenscaleError(f"{source}: {n} document{'' if n == 1 else 's'}; needs at least 2 documents to split "
-                            "by document")
+class Documents(NamedTuple):
+    """A text source's documents, split."""
+
+    name: str  # the corpus name, the text path, or the stored dataset name
+    version: str  # content id of the documents (a store version id for source 'dataset')
+    train: list[str]  # in seeded order
+    held: list[str]  # in document order
+    split: str  # the rule used, one line (TextData.split)
 
 
-def _split_named(source: str, docs: list[tuple[str, str]], cfg: DataConfig) -> tuple[str, list[str], list[str]]:
-    _check_count(source, len(docs))
+def _split_named(source: str, docs: list[tuple[str, str]], cfg: DataConfig) -> Documents:
+    """By document when there are at least 2; one document is cut into a train part and a contiguous held-out
+    stretch (`contiguous_cut`)."""
+    from genscale.data.text import contiguous_cut
+
+    if len(docs) == 1:
+        text = docs[0][1]
+        cut = contiguous_cut(text, held_fraction=cfg.val_fraction, source=source, setting="data.val_fraction")
+        return Documents(source, documents_version(docs), [text[:cut.at]], [text[cut.at:]], cut.describe())
     train_idx, held_idx = split_documents(len(docs), val_fraction=cfg.val_fraction, seed=cfg.split_seed)
     if len(train_idx) == 0:
         raise GenscaleError(f"data.val_fraction: {cfg.val_fraction} of {len(docs)} documents leaves none to train on")
-    return documents_version(docs), [docs[i][1] for i in train_idx], [docs[i][1] for i in held_idx]
+    return Documents(source, documents_version(docs), [docs[i][1] for i in train_idx],
+                     [docs[i][1] for i in held_idx],
+                     f"by document: {len(train_idx)} train, {len(held_idx)} held out (whole documents, "
+                     f"split_seed {cfg.split_seed})")
 
 
 def _relative_source(source: str, root: Path) -> str:
@@ -102,20 +122,20 @@ def _relative_source(source: str, root: Path) -> str:
     return rest.lstrip("/\\") if root.is_dir() else root.name + rest  # a file: "name.jsonl:LINE" or "name.txt"
 
 
-def load_documents(cfg: DataConfig) -> tuple[str, str, list[str], list[str]]:
-    """(name, version, train documents, held-out documents).
+def load_documents(cfg: DataConfig) -> Documents:
+    """The source's documents, split into train and held-out, and the rule used.
 
     - shakespeare / sotu: the corpus's documents; a seeded (split_seed) choice of max(1, round(n * val_fraction))
       of them is held out, the rest train in seeded order.
     - text: read_text_source(path, field=field), strict: the first bad file or line is an error (`genscale data
-      ingest` quarantines them instead); the same seeded document split.
+      ingest` quarantines them instead); the same seeded document split, or, for a single document, its
+      contiguous cut: the last val_fraction of its characters, from a line start, is held out.
     - dataset: a stored text version (its cleaned version with data.clean); held-out = its "test" split, as fixed at
       ingest; train = its "train" split in seeded order.
     Documents are not deduplicated here: that is what `genscale data clean` is for.
     """
     if cfg.source in BUILTIN_TEXT_CORPORA:
-        version, train, held = _split_named(cfg.source, load_corpus(cfg.source), cfg)
-        return cfg.source, version, train, held
+        return _split_named(cfg.source, load_corpus(cfg.source), cfg)
     if cfg.source == "text":
         from genscale.data.text import read_text_source
 
@@ -128,8 +148,7 @@ def load_documents(cfg: DataConfig) -> tuple[str, str, list[str], list[str]]:
                                 + "; `genscale data ingest` quarantines bad files and keeps the rest")
         root = Path(cfg.path)
         docs = [(_relative_source(r.source, root), r.text) for r in records]
-        version, train, held = _split_named(cfg.path, docs, cfg)
-        return cfg.path, version, train, held
+        return _split_named(cfg.path, docs, cfg)
     if cfg.source == "dataset":
         from genscale.data.store import load_texts, load_version
 
@@ -142,21 +161,35 @@ def load_documents(cfg: DataConfig) -> tuple[str, str, list[str], list[str]]:
 
             stored, _ = clean_version(stored)
         texts = load_texts(stored)
-        _check_count(f"dataset {cfg.dataset}", len(texts))
         train_idx = np.flatnonzero(stored.split_mask("train"))
         held_idx = np.flatnonzero(stored.split_mask("test"))
         if len(train_idx) == 0 or len(held_idx) == 0:
             raise GenscaleError(f"dataset {cfg.dataset}: {len(train_idx)} train and {len(held_idx)} test documents; "
                                 "both splits need at least one")
         train_idx = train_idx[np.random.default_rng(cfg.split_seed).permutation(len(train_idx))]
-        return cfg.dataset or stored.id, stored.id, [texts[i] for i in train_idx], [texts[i] for i in held_idx]
+        ingested = _ingest_split(stored)
+        split = (f"stored splits: {len(train_idx)} train, {len(held_idx)} test documents (fixed at ingest"
+                 + (f": {ingested})" if ingested else ")"))
+        return Documents(cfg.dataset or stored.id, stored.id, [texts[i] for i in train_idx],
+                         [texts[i] for i in held_idx], split)
     raise GenscaleError(f"data.source: '{cfg.source}' is not a text source (choose {', '.join(BUILTIN_TEXT_CORPORA)}, "
                         "text, or dataset with a stored text dataset)")
 
 
-def _cache_key(version: str, cfg: DataConfig, tokenizer: TextTokenizer | None) -> str:
+def _ingest_split(stored: Version) -> str | None:
+    """The split statement of the ingest a stored version descends from (None for versions ingested before
+    ingest recorded one)."""
+    from genscale.data.store import load_version
+
+    while "ingest" not in stored.meta["operation"] and stored.meta.get("parent"):
+        stored = load_version(stored.meta["parent"])
+    return stored.meta["operation"].get("ingest", {}).get("split")
+
+
+def _cache_key(version: str, split: str, cfg: DataConfig, tokenizer: TextTokenizer | None) -> str:
     settings: dict[str, Any] = {
-        "format": CACHE_FORMAT, "version": version, "split_seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
+        "format": CACHE_FORMAT, "version": version, "split": split, "split_seed": cfg.split_seed,
+        "val_fraction": cfg.val_fraction,
         "tokenizer": tokenizer.sha256 if tokenizer is not None else {"kind": cfg.tokenizer,
                                                                       "vocab_size": cfg.vocab_size}}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -203,8 +236,8 @@ def _load_cached(folder: Path, tokenizer: TextTokenizer | None) -> tuple[TextTok
         _memmap(folder / "val.bin", dtype, meta["val_tokens"])
 
 
-def _build(folder: Path, version: str, train_docs: list[str], held_docs: list[str], cfg: DataConfig,
-           tokenizer: TextTokenizer | None) -> None:
+def _build(folder: Path, docs: Documents, cfg: DataConfig, tokenizer: TextTokenizer | None) -> None:
+    train_docs, held_docs = docs.train, docs.held
     if tokenizer is None:
         with console.status(f"training a {cfg.tokenizer} tokenizer (vocab {cfg.vocab_size}) on "
                             f"{len(train_docs)} documents"):
@@ -214,7 +247,7 @@ def _build(folder: Path, version: str, train_docs: list[str], held_docs: list[st
     tokenizer.save(folder / "tokenizer.json")
     atomic_write_bytes(folder / "train.bin", train.tobytes())
     atomic_write_bytes(folder / "val.bin", val.tobytes())
-    meta = {"format": CACHE_FORMAT, "version": version, "tokenizer_sha256": tokenizer.sha256,
+    meta = {"format": CACHE_FORMAT, "version": docs.version, "split": docs.split, "tokenizer_sha256": tokenizer.sha256,
             "tokenizer_kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "dtype": train.dtype.str,
             "train_tokens": len(train), "val_tokens": len(val), "train_documents": len(train_docs),
             "val_documents": len(held_docs), "train_characters": sum(map(len, train_docs)),
@@ -230,17 +263,18 @@ def load_text_data(cfg: DataConfig, *, tokenizer: TextTokenizer | None = None) -
     (fine-tuning reuses its parent's as it is). A second call with the same settings loads the cached files without
     training or encoding again; a damaged cache folder is rebuilt.
     """
-    name, version, train_docs, held_docs = load_documents(cfg)
-    folder = cache_dir() / "tokens" / _cache_key(version, cfg, tokenizer)
+    docs = load_documents(cfg)
+    folder = cache_dir() / "tokens" / _cache_key(docs.version, docs.split, cfg, tokenizer)
     try:
         tok, train_full, val = _load_cached(folder, tokenizer)
     except (OSError, ValueError, KeyError, TypeError, GenscaleError):  # missing, incomplete or damaged: rebuild
         (folder / "meta.json").unlink(missing_ok=True)
-        _build(folder, version, train_docs, held_docs, cfg, tokenizer)
+        _build(folder, docs, cfg, tokenizer)
         tok, train_full, val = _load_cached(folder, tokenizer)
     if cfg.size is not None and cfg.size > len(train_full):
         raise GenscaleError(f"data.size: {cfg.size} tokens requested, the train split has {len(train_full)}")
     if len(val) < 2:
-        raise GenscaleError(f"{name}: the held-out split has {len(val)} token(s); it needs at least 2")
+        raise GenscaleError(f"{docs.name}: the held-out split has {len(val)} token(s); it needs at least 2")
     train = train_full if cfg.size is None else train_full[:cfg.size]
-    return TextData(name, version, tok, folder / "tokenizer.json", train_full, train, val, held_docs, folder)
+    return TextData(docs.name, docs.version, tok, folder / "tokenizer.json", train_full, train, val, docs.held,
+                    docs.split, folder)

@@ -23,7 +23,7 @@ from typing import Any
 
 from genscale.config import RunConfig
 from genscale.errors import GenscaleError
-from genscale.paths import atomic_write_bytes, cache_dir, runs_dir
+from genscale.paths import atomic_write_bytes, cache_dir, read_json, runs_dir
 from genscale.study.spec import Trial, check_data_sizes, check_metric, expand_grid, load_study
 from genscale.ui import console, progress
 
@@ -36,7 +36,7 @@ def read_plan(study_dir: Path) -> dict[str, Any]:
     path = Path(study_dir) / "plan.json"
     if not path.exists():
         raise GenscaleError(f"{study_dir}: not a study folder (no plan.json)")
-    return json.loads(path.read_text())
+    return read_json(path, "study plan")
 
 
 def create_study(path: str | Path, out: Path | None = None) -> Path:

@@ -16,7 +16,7 @@ from genscale.config import RunConfig
 from genscale.data.augment import augment_real, diff_augment, parse_augment
 from genscale.data.datasets import DataSplits
 from genscale.models.gan import build_gan, count_parameters
-from genscale.train.checkpoint import optimizer_from_flat, optimizer_to_flat, prefixed, unprefixed
+from genscale.train.checkpoint import load_state, optimizer_from_flat, optimizer_to_flat, prefixed, unprefixed
 from genscale.train.machinery import (
     BatchStream,
     autocast_for,
@@ -120,9 +120,8 @@ class GanRun:
         return tensors, {"opt_g": m_g, "opt_d": m_d}
 
     def restore(self, tensors: dict[str, torch.Tensor], sidecar: dict[str, Any]) -> None:
-        self.g.load_state_dict(unprefixed(tensors, "g"))
-        self.d.load_state_dict(unprefixed(tensors, "d"))
-        self.ema.load_state_dict(unprefixed(tensors, "ema"))
+        for name, module in (("g", self.g), ("d", self.d), ("ema", self.ema)):
+            load_state(module, unprefixed(tensors, name), f"checkpoint ({name})")
         optimizer_from_flat(self.opt_g, "opt_g", tensors, sidecar["opt_g"])
         optimizer_from_flat(self.opt_d, "opt_d", tensors, sidecar["opt_d"])
         self.noise.set_state(tensors["rng.noise"])

@@ -20,7 +20,14 @@ from genscale.config import RunConfig
 from genscale.data.tokens import TextData
 from genscale.errors import GenscaleError
 from genscale.models.gpt import GPT, build_gpt, count_parameters, decay_groups
-from genscale.train.checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, prefixed, unprefixed
+from genscale.train.checkpoint import (
+    load_checkpoint,
+    load_state,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    prefixed,
+    unprefixed,
+)
 from genscale.train.machinery import autocast_for, count_flops, seed_everything
 
 
@@ -80,8 +87,8 @@ def weights_from_checkpoint(tensors: dict[str, torch.Tensor]) -> dict[str, torch
 
 def load_init_weights(model: GPT, init_dir: Path) -> None:
     """Copy the final weights of the run in `init_dir` into `model` (fine-tuning); the shapes must agree."""
-    tensors, sidecar = load_checkpoint(init_dir / "checkpoints")
-    state = weights_from_checkpoint(tensors)
+    ckpt = load_checkpoint(init_dir / "checkpoints")
+    state, sidecar = weights_from_checkpoint(ckpt.tensors), ckpt.sidecar
     own = model.state_dict()
     wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
     if wrong:
@@ -145,7 +152,7 @@ class GptRecipe:
         return tensors, {"opt": m_opt, "tokenizer_sha256": self.data.tokenizer.sha256}
 
     def restore(self, tensors: dict[str, torch.Tensor], sidecar: dict[str, Any]) -> None:
-        self.model.load_state_dict(weights_from_checkpoint(tensors))
+        load_state(self.model, weights_from_checkpoint(tensors), "checkpoint")
         optimizer_from_flat(self.opt, "opt", tensors, sidecar["opt"])
         self.generator.set_state(tensors["rng.batches"])
         torch.set_rng_state(tensors["rng.torch"])
@@ -158,8 +165,10 @@ class GptRecipe:
         return steps * self.tokens_per_step() / len(self.data.train)
 
     def summary(self) -> dict[str, Any]:
-        """What a study needs of the model and data: unique training tokens D and parameters N."""
-        return {"dataset": self.data.name, "dataset_version": self.data.version, "data_size": len(self.data.train),
+        """What a study needs of the model and data: unique training tokens D and parameters N; and how the data
+        was split into train and held-out."""
+        return {"dataset": self.data.name, "dataset_version": self.data.version, "split": self.data.split,
+                "data_size": len(self.data.train),
                 "params": count_parameters(self.model), "tokenizer": self.data.tokenizer.kind,
                 "vocab_size": self.data.tokenizer.vocab_size, "tokens_per_step": self.tokens_per_step()}
 

@@ -1,7 +1,7 @@
 """The training loop, shared by every family.
 
 A family gives the loop a `Recipe`: one optimisation step and the state a checkpoint holds (train/gan.py,
-train/gpt.py). The loop owns everything else, written once: resuming from the latest checkpoint, progress with
+train/gpt.py). The loop owns everything else, written once: resuming from the newest intact checkpoint, progress with
 the latest logged values, the non-finite check, tracking, checkpoints and the FLOP count.
 """
 
@@ -20,7 +20,13 @@ from genscale.config import RunConfig
 from genscale.errors import GenscaleError
 from genscale.paths import atomic_write_bytes
 from genscale.tracking import Tracker
-from genscale.train.checkpoint import latest_step, load_checkpoint, save_checkpoint
+from genscale.train.checkpoint import (
+    NonFiniteCheckpointError,
+    checkpoint_steps,
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+)
 from genscale.train.machinery import autocast_for, count_flops, progress_bar
 
 
@@ -59,23 +65,36 @@ def _first_non_finite(window: torch.Tensor, first_step: int, names: tuple[str, .
 
 def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, device: torch.device
         ) -> dict[str, Any]:
-    """Train to cfg.train.steps, resuming from the run folder's latest checkpoint if there is one; returns the
-    counters (flops_per_step, flops, train_seconds, epochs)."""
+    """Train to cfg.train.steps, resuming from the run folder's newest intact checkpoint if there is one; returns
+    the counters (flops_per_step, flops, train_seconds, epochs).
+
+    Losses are checked for NaN/infinity at every log window and before every checkpoint, and the checkpoint
+    store refuses non-finite tensors, so a diverged run stops at its last good checkpoint and never writes a
+    poisoned one."""
     t = cfg.train
     autocast = autocast_for(device, t.precision)
     ckpt_dir = run_dir / "checkpoints"
-    step, counters = 0, {"flops_per_step": None, "train_seconds": 0.0}
-    if latest_step(ckpt_dir) is not None:
-        tensors, sidecar = load_checkpoint(ckpt_dir)
-        recipe.restore(tensors, sidecar)
-        step, counters = sidecar["step"], sidecar["counters"]
+    step, counters, saved = 0, {"flops_per_step": None, "train_seconds": 0.0}, None
+    remove_partial_writes(ckpt_dir)
+    if checkpoint_steps(ckpt_dir):  # files there but none intact is an error, never a silent restart from 0
+        ckpt = load_checkpoint(ckpt_dir)
+        recipe.restore(ckpt.tensors, ckpt.sidecar)
+        step, counters, saved = ckpt.step, ckpt.sidecar["counters"], ckpt.step
 
-    def checkpoint() -> None:
-        tensors, meta = recipe.tensors()
-        save_checkpoint(ckpt_dir, step, tensors, {**meta, "counters": counters, "config": cfg.model_dump(mode="json")})
+    def diverged(problem: str) -> NonFiniteLossError:
+        hint = f"; last good checkpoint: step {saved}" if saved is not None else ""
+        return NonFiniteLossError(f"training diverged at {problem}{hint} (try a lower learning rate)")
+
+    def checked(window: list[torch.Tensor]) -> torch.Tensor:
+        values = torch.stack(window).cpu()  # (steps in window, values); one device sync per window
+        problem = _first_non_finite(values, step - len(values) + 1, names)
+        if problem:
+            raise diverged(problem)
+        return values
 
     names = recipe.log_names
     window: list[torch.Tensor] = []
+    unchecked = 0  # steps of `window` not yet checked (a checkpoint can come before the log window ends)
     started = time.perf_counter()
     with progress_bar(t.steps, step, f"train {cfg.model.arch}") as update:
         while step < t.steps:
@@ -84,16 +103,12 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
             else:
                 values = recipe.step(step, autocast)
             window.append(values)
+            unchecked += 1
             step += 1
             if step % t.log_every == 0 or step == t.steps:
-                values = torch.stack(window).cpu()  # (steps in window, values); one device sync per window
-                problem = _first_non_finite(values, step - len(values) + 1, names)
-                if problem:
-                    last = latest_step(ckpt_dir)
-                    hint = f"; last good checkpoint: step {last}" if last is not None else ""
-                    raise NonFiniteLossError(f"training diverged at {problem}{hint} (try a lower learning rate)")
-                means = dict(zip(names, values.mean(0).tolist(), strict=True))
+                means = dict(zip(names, checked(window).mean(0).tolist(), strict=True))
                 window.clear()
+                unchecked = 0
                 if tracker:
                     tracker.log_metrics(means, step)
                 # for watchers without a terminal (a study's driver): where this run is, one small file
@@ -101,9 +116,18 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
                 update(advance=0, **means)
             update(advance=1)
             if step % t.checkpoint_every == 0 or step == t.steps:
+                if unchecked:
+                    checked(window[-unchecked:])
+                    unchecked = 0
                 counters["train_seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
-                checkpoint()
+                tensors, meta = recipe.tensors()
+                try:
+                    save_checkpoint(ckpt_dir, step, tensors, {**meta, "counters": counters,
+                                                              "config": cfg.model_dump(mode="json")})
+                except NonFiniteCheckpointError as e:
+                    raise diverged(f"the checkpoint of {e}") from None
+                saved = step
     counters["epochs"] = recipe.epochs(t.steps)
     counters["flops"] = (counters["flops_per_step"] or 0) * t.steps
     return counters
