@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     run_dir, cfg = load_run(args.run)
     splits = load_image_data(cfg.data)
-    g = load_generator(run_dir, cfg, torch.device("cpu"))
+    g, _ = load_generator(run_dir, cfg, torch.device("cpu"))
     summary = json.loads((run_dir / "summary.json").read_text())
     result = {"command": command(), "machine": machine(), "run": run_dir.name, "config": cfg.name,
               "train_summary": summary,

@@ -214,7 +214,7 @@ def genscale_worker(spec_path: Path) -> None:
     gpt.GptRecipe.step = stamped_step
     run_dir = pipeline.train(cfg, run_dir=Path(spec["run_dir"]))
     summary = json.loads((run_dir / "summary.json").read_text())
-    model, _ = pipeline.load_language_model(run_dir, cfg, torch.device("cpu"))
+    model, _, _ = pipeline.load_language_model(run_dir, cfg, torch.device("cpu"))
     data = pipeline.load_data(cfg, run_dir)
     generator = torch.Generator().manual_seed(0)
     shape = {"block_size": cfg.model.block_size, "batch_size": cfg.train.batch_size, "iters": spec["eval_iters"],
