@@ -200,3 +200,15 @@ def test_cjk_text_trains_and_samples_at_character_level(tmp_path):
     assert out.exit_code == 0
     text = out.output.split("吾輩は", 1)[1]
     assert sum("\u3040" <= ch <= "\u9fff" for ch in text) >= 4  # kana and kanji, not bytes or replacement chars
+
+
+def test_eval_n_sets_the_generated_text_samples(corpus):
+    """`eval --n` means generated samples for every family: for text, the BLEU continuations and the self-BLEU /
+    distinct-n samples (before: an error for a gpt run)."""
+    run_dir = train(gpt_config(corpus, train__steps=4, eval__on_train_end=False))
+    result = CliRunner().invoke(app, ["eval", str(run_dir), "--n", "3"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["bleu"]["n_gen"] == 3 and metrics["self_bleu"]["n_gen"] == 3
+    result = CliRunner().invoke(app, ["eval", str(run_dir), "--extractor", "inception"])
+    assert result.exit_code == 1 and "--extractor applies to image (gan) runs" in result.output

@@ -282,7 +282,9 @@ def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (c
 @friendly
 def eval_(run: Annotated[str, typer.Argument(help="run id, unique prefix, or folder")],
           extractor: Annotated[str | None, typer.Option(help="fmnist-classifier or inception")] = None,
-          n: Annotated[int | None, typer.Option("--n", help="generated samples")] = None):
+          n: Annotated[int | None, typer.Option("--n", help="generated samples (images: for FID/KID/IS; text: "
+                                                      "prompts continued for BLEU and samples for self-BLEU)")
+                       ] = None):
     """Compute FID/KID (and IS) of a run's EMA generator against the test split, then apply the gate."""
     from genscale.pipeline import evaluate_run, print_results
 

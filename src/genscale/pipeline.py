@@ -266,13 +266,14 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
 def evaluate_run(run: str, *, extractor: str | None = None, n: int | None = None) -> tuple[dict, GateResult]:
     """Metrics and gate of a run's newest intact checkpoint, logged to its tracked run (its status unchanged)."""
     run_dir, cfg = load_run(run)
-    if cfg.model.family == "gpt" and (extractor or n is not None):
-        raise GenscaleError("eval: --extractor and --n apply to image (gan) runs; a gpt run's settings are in "
-                            "its config's eval section")
+    text = cfg.model.family == "gpt"
+    if text and extractor:
+        raise GenscaleError("eval: --extractor applies to image (gan) runs; a gpt run's metrics need no extractor")
     if extractor:
         cfg = config_with(cfg, {"eval.extractor": extractor}, f"--extractor {extractor}")
-    if n is not None:
-        cfg = config_with(cfg, {"eval.n_samples": n}, f"--n {n}")
+    if n is not None:  # generated samples: images for FID/KID/IS; text: BLEU continuations and diversity samples
+        cfg = config_with(cfg, {"eval.prompts": n, "eval.diversity_samples": n} if text else {"eval.n_samples": n},
+                          f"--n {n}")
     device = select_device(cfg.train.device)
     data = load_data(cfg, run_dir)
     if cfg.model.family == "gpt":
