@@ -319,18 +319,16 @@ def sample(run: Annotated[str, typer.Argument(help="run id, unique prefix, or fo
         raise GenscaleError(f"-n {n} / --top-k {top_k} / --top-p {top_p} / --temperature {temperature} / "
                             f"--max-new-tokens {max_new_tokens}: n >= 1, top-k >= 1, top-p in (0, 1], "
                             "temperature >= 0, max-new-tokens >= 1")
-    if output is not None:
-        from genscale.paths import check_output_file
-        from genscale.pipeline import GRID_SUFFIXES
-
-        check_output_file(output, GRID_SUFFIXES if cfg.model.family == "gan" else (".jsonl",),
-                          "image grid" if cfg.model.family == "gan" else "samples (one JSON object a line)")
-    if cfg.model.family == "gan":
+    if cfg.model.family == "gan":  # sample_run checks its grid path; the text samples are written here
         if text_options:
             raise GenscaleError("sample: --prompt, --max-new-tokens, --temperature, --top-k and --top-p apply to "
                                 "text (gpt) runs; this is an image run")
         out.print(f"wrote {sample_run(run, n=n or 64, out=output or Path('grid.png'), seed=seed)}")
         return
+    if output is not None:
+        from genscale.paths import check_output_file
+
+        check_output_file(output, (".jsonl",), "samples (one JSON object a line)")
     texts = sample_texts(run, prompt=prompt, n=n or 1, max_new_tokens=max_new_tokens, temperature=temperature,
                          top_k=top_k, top_p=top_p, seed=seed)
     if output:

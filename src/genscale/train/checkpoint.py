@@ -16,6 +16,7 @@ A checkpoint with non-finite values is never written, so a diverged run keeps it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -174,7 +175,7 @@ def load_checkpoint(folder: Path, step: int | None = None) -> Checkpoint:
         if passed_over:
             console.print(f"[yellow]warning:[/] {folder}: using checkpoint step {ckpt.step}; passed over "
                           + "; ".join(passed_over), highlight=False)
-        return Checkpoint(ckpt.step, ckpt.tensors, ckpt.sidecar, tuple(passed_over))
+        return dataclasses.replace(ckpt, passed_over=tuple(passed_over))
     raise GenscaleError(f"{folder}: no intact checkpoint ({'; '.join(passed_over)})")
 
 

@@ -94,7 +94,6 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
 
     names = recipe.log_names
     window: list[torch.Tensor] = []
-    unchecked = 0  # steps of `window` not yet checked (a checkpoint can come before the log window ends)
     started = time.perf_counter()
     with progress_bar(t.steps, step, f"train {cfg.model.arch}") as update:
         while step < t.steps:
@@ -103,12 +102,10 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
             else:
                 values = recipe.step(step, autocast)
             window.append(values)
-            unchecked += 1
             step += 1
             if step % t.log_every == 0 or step == t.steps:
                 means = dict(zip(names, checked(window).mean(0).tolist(), strict=True))
                 window.clear()
-                unchecked = 0
                 if tracker:
                     tracker.log_metrics(means, step)
                 # for watchers without a terminal (a study's driver): where this run is, one small file
@@ -116,9 +113,8 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
                 update(advance=0, **means)
             update(advance=1)
             if step % t.checkpoint_every == 0 or step == t.steps:
-                if unchecked:
-                    checked(window[-unchecked:])
-                    unchecked = 0
+                if window:  # a checkpoint can come before its log window ends: check what it holds first
+                    checked(window)
                 counters["train_seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
                 tensors, meta = recipe.tensors()
