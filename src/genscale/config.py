@@ -174,6 +174,11 @@ class EvalConfig(Strict):
     bleu_tokenize: Literal["13a", "char", "zh", "ja-mecab", "intl", "none"] = "13a"  # sacrebleu tokenizer of BLEU,
     #                                     self-BLEU and distinct-n; "char" (or "zh") for text written without spaces
     on_train_end: bool = True  # evaluate and gate right after training
+    every: Int | None = Field(None, ge=1)  # steps between cheap evaluations during training (a metric curve; the
+    #                                       best checkpoint is kept in best/ and named by best.json); None: off
+    every_n_samples: Int = Field(1000, ge=2)  # gan, during training: generated images scored (FID) against as many
+    #                                           validation images (the test split is kept for the final numbers)
+    every_val_tokens: Int = Field(8192, ge=1)  # gpt, during training: held-out tokens scored (val_loss)
     classifier: ClassifierConfig = ClassifierConfig()  # how the fmnist-classifier extractor is trained
 
 

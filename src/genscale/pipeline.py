@@ -24,7 +24,7 @@ from genscale.tracking import NullTracker, Tracker, resolve_run_dir, run_lock, t
 from genscale.train.checkpoint import checkpoint_steps, load_checkpoint, load_state, unprefixed
 from genscale.train.gan import GanRecipe
 from genscale.train.gpt import GptRecipe, build_model, weights_from_checkpoint
-from genscale.train.loop import fit, write_config
+from genscale.train.loop import Evaluation, fit, write_config
 from genscale.train.machinery import select_device
 from genscale.ui import console
 
@@ -125,28 +125,108 @@ def make_recipe(cfg: RunConfig, data: DataSplits | TextData, device: torch.devic
     return GptRecipe(cfg, data, device, init_dir=None if resume else init_run_dir(cfg))  # type: ignore[arg-type]
 
 
-def load_generator(run_dir: Path, cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, int]:
-    """The EMA generator of the run's newest intact checkpoint, and that checkpoint's step."""
-    ckpt = load_checkpoint(run_dir / "checkpoints")
+def load_generator(run_dir: Path, cfg: RunConfig, device: torch.device, *, folder: str = "checkpoints",
+                   step: int | None = None) -> tuple[torch.nn.Module, int]:
+    """The EMA generator of the run's newest intact checkpoint (or of `step`, in `folder`: best/ holds the best
+    checkpoint), and that checkpoint's step."""
+    ckpt = load_checkpoint(run_dir / folder, step)
     g, _ = build_gan(cfg.model.arch, cfg.model.size, z_dim=cfg.model.z_dim,
                      image_shape=tuple(ckpt.sidecar["image_shape"]), loss=cfg.model.loss)
     load_state(g, unprefixed(unprefixed(ckpt.tensors, "ema"), "module"), f"{run_dir} step {ckpt.step}")
     return g.to(device).eval(), ckpt.step
 
 
-def load_language_model(run_dir: Path, cfg: RunConfig, device: torch.device) -> tuple[GPT, TextTokenizer, int]:
-    """The GPT weights of the run's newest intact checkpoint, its tokenizer, and that checkpoint's step."""
+def load_language_model(run_dir: Path, cfg: RunConfig, device: torch.device, *, folder: str = "checkpoints",
+                        step: int | None = None) -> tuple[GPT, TextTokenizer, int]:
+    """The GPT weights of the run's newest intact checkpoint (or of `step`, in `folder`), its tokenizer, and that
+    checkpoint's step."""
     from genscale.data.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer.load(run_dir / "tokenizer.json")
     model = build_model(cfg, tokenizer.vocab_size)
-    ckpt = load_checkpoint(run_dir / "checkpoints")
+    ckpt = load_checkpoint(run_dir / folder, step)
     load_state(model, weights_from_checkpoint(ckpt.tensors), f"{run_dir} step {ckpt.step}")
     return model.to(device).eval(), tokenizer, ckpt.step
 
 
 def _flat_metrics(records: dict[str, dict]) -> dict[str, float]:
     return {k: v["value"] for k, v in records.items()}
+
+
+def score_model(cfg: RunConfig, data: DataSplits | TextData, model: torch.nn.Module, device: torch.device
+                ) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(the full evaluation's metric records of a model (gan: an EMA generator) on held-out data (gan: the test
+    split), facts stored beside them: the domain extractor's own test accuracy)."""
+    if cfg.model.family == "gpt":
+        from genscale.metrics.text import evaluate_text
+
+        return evaluate_text(model, data, cfg.eval, device=device, seed=cfg.train.seed + 1), {}  # type: ignore
+    extractor = make_extractor(data, cfg.eval, device)  # type: ignore[arg-type]
+    images = generate_images(model, cfg.eval.n_samples, z_dim=cfg.model.z_dim, seed=cfg.train.seed + 1,
+                             device=device)
+    records = evaluate_images(images, data, extractor, cfg.eval)  # type: ignore[arg-type]
+    facts = {"extractor_test_accuracy": {"value": extractor.test_accuracy, "extractor": extractor.id}} \
+        if hasattr(extractor, "test_accuracy") else {}
+    return records, facts
+
+
+def periodic_evaluation(cfg: RunConfig, data: DataSplits | TextData, recipe: GanRecipe | GptRecipe,
+                        device: torch.device) -> Evaluation | None:
+    """The cheap metric of `eval.every` (None when it is off): gan, FID of eval.every_n_samples EMA samples against
+    as many validation images (the test split stays unseen until the final evaluation); gpt, val_loss of the first
+    eval.every_val_tokens held-out tokens (the held-out set the final val_loss uses)."""
+    e = cfg.eval
+    if e.every is None:
+        return None
+    if isinstance(recipe, GptRecipe):
+        from genscale.metrics.text import KEY_VAL_LOSS, sequence_nll
+
+        def score_text() -> float:
+            nll, count, _ = sequence_nll(recipe.model, data.val, block_size=recipe.model.config.block_size,
+                                         max_tokens=e.every_val_tokens, batch_size=e.batch_size, device=device)
+            return nll / count
+
+        tokens = min(e.every_val_tokens, len(data.val) - 1)  # type: ignore[union-attr]
+        return Evaluation(KEY_VAL_LOSS, f"{tokens} held-out tokens", e.every, score_text)
+    from genscale.metrics.evaluate import extract, reference_features
+    from genscale.metrics.image import KEY_FID, feature_moments, fid_from_moments
+
+    n = min(e.every_n_samples, len(data.val))  # type: ignore[union-attr]
+    extractor = make_extractor(data, e, device)  # type: ignore[arg-type]
+    reference = feature_moments(reference_features(extractor, data, n, e.batch_size, split="val"))  # type: ignore
+
+    def score_images() -> float:
+        images = generate_images(recipe.run.ema.module, n, z_dim=cfg.model.z_dim, seed=cfg.train.seed + 2,
+                                 device=device)
+        return fid_from_moments(*feature_moments(extract(extractor, images, e.batch_size, "generated")[0]),
+                                *reference)
+
+    return Evaluation(KEY_FID + extractor.metric_suffix, f"{n} generated vs {n} validation images ({extractor.id})",
+                      e.every, score_images)
+
+
+def evaluate_best(cfg: RunConfig, run_dir: Path, data: DataSplits | TextData, device: torch.device,
+                  final: dict[str, dict], tracker: Tracker | NullTracker) -> dict | None:
+    """The best checkpoint of the metric curve scored with the final evaluation's full budget (the final records
+    when the best is the last step), stored in best.json as "metrics" and logged as best.<metric>."""
+    path = run_dir / "best.json"
+    if not path.exists():
+        return None
+    best = read_json(path, "best checkpoint record")
+    if best["step"] == cfg.train.steps:
+        records = final
+    else:
+        model = load_language_model(run_dir, cfg, device, folder="best", step=best["step"])[0] \
+            if cfg.model.family == "gpt" else load_generator(run_dir, cfg, device, folder="best", step=best["step"])[0]
+        records, _ = score_model(cfg, data, model, device)
+    best["metrics"] = _flat_metrics(records)
+    atomic_write_bytes(path, json.dumps(best, indent=1).encode())
+    tracker.log_metrics({f"best.{k}": v for k, v in best["metrics"].items()}, best["step"])
+    tracker.set_tags({"best.step": best["step"]})
+    results.print(f"best checkpoint: step {best['step']} of {cfg.train.steps} ({best['metric']} {best['value']:.4g} "
+                  f"on {best['budget']}); at the final evaluation's budget: " +
+                  ", ".join(f"{k} = {v:.4f}" for k, v in best["metrics"].items() if k in final))
+    return best
 
 
 def evaluate_and_gate(cfg: RunConfig, run_dir: Path, data: DataSplits | TextData, model: torch.nn.Module,
@@ -157,18 +237,8 @@ def evaluate_and_gate(cfg: RunConfig, run_dir: Path, data: DataSplits | TextData
     stored = read_json(path, "metrics file") if path.exists() else {}
     if not isinstance(stored, dict):
         raise GenscaleError(f"{path}: metrics file is not a JSON object; move it away to evaluate again")
-    if cfg.model.family == "gpt":
-        from genscale.metrics.text import evaluate_text
-
-        records = evaluate_text(model, data, cfg.eval, device=device, seed=cfg.train.seed + 1)  # type: ignore
-    else:
-        extractor = make_extractor(data, cfg.eval, device)  # type: ignore[arg-type]
-        images = generate_images(model, cfg.eval.n_samples, z_dim=cfg.model.z_dim, seed=cfg.train.seed + 1,
-                                 device=device)
-        records = evaluate_images(images, data, extractor, cfg.eval)  # type: ignore[arg-type]
-        if hasattr(extractor, "test_accuracy"):
-            stored["extractor_test_accuracy"] = {"value": extractor.test_accuracy, "extractor": extractor.id}
-    stored.update(records)
+    records, facts = score_model(cfg, data, model, device)
+    stored.update({**facts, **records})
     atomic_write_bytes(path, json.dumps(stored, indent=1).encode())
     gate = apply_gate(cfg.gate, _flat_metrics(stored))
     atomic_write_bytes(run_dir / "gate.json", json.dumps({"verdict": gate.verdict,
@@ -216,6 +286,9 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
     assert cfg is not None
     device = select_device(cfg.train.device)
     data = load_data(cfg, run_dir if resume else None)
+    if cfg.eval.every and isinstance(data, DataSplits) and len(data.val) < 2:
+        raise GenscaleError(f"eval.every: dataset {data.name} has {len(data.val)} validation images; scoring during "
+                            "training needs a validation split (data.val_size or data.val_fraction)")
     if resume:
         lock = run_lock(run_dir)  # before the tracker: a second process on this run must not touch its status
         tracker = run_tracker(run_dir, reopen=True)
@@ -235,7 +308,7 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
     console.print(f"run {tracker.run_id}  ({run_dir})")
     try:
         recipe = make_recipe(cfg, data, device, resume=bool(resume))
-        counters = fit(cfg, run_dir, recipe, tracker, device)
+        counters = fit(cfg, run_dir, recipe, tracker, device, periodic_evaluation(cfg, data, recipe, device))
         summary = {"family": cfg.model.family, "arch": cfg.model.arch, **recipe.summary(), "steps": cfg.train.steps,
                    "flops": counters["flops"], "epochs": counters["epochs"],
                    "train_seconds": counters["train_seconds"], "device": str(device)}
@@ -248,6 +321,7 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
             model = recipe.run.ema.module if isinstance(recipe, GanRecipe) else recipe.model
             records, gate = evaluate_and_gate(cfg, run_dir, data, model, device, tracker, cfg.train.steps)
             print_results(records, gate)
+            evaluate_best(cfg, run_dir, data, device, records, tracker)
         ckpt = run_dir / "checkpoints"
         tracker.log_artifact(ckpt / f"step_{cfg.train.steps:07d}.safetensors", "checkpoint")
         tracker.log_artifact(ckpt / f"step_{cfg.train.steps:07d}.json", "checkpoint")

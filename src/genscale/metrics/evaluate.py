@@ -76,15 +76,18 @@ def extract(extractor: FeatureExtractor, images: torch.Tensor, batch_size: int, 
     return torch.cat(feats).numpy(), (torch.cat(logits).numpy() if logits else None)
 
 
-def reference_features(extractor: FeatureExtractor, splits: DataSplits, n: int, batch_size: int) -> np.ndarray:
-    """Features of a class-balanced subset of n test images (nested across n), cached."""
+def reference_features(extractor: FeatureExtractor, splits: DataSplits, n: int, batch_size: int,
+                       split: str = "test") -> np.ndarray:
+    """Features of a class-balanced subset of n images of the test (or val) split (nested across n), cached."""
     safe_id = extractor.id.replace(":", "-")
-    # versions derived by clean/corrupt keep their basis's test split, so they share its cached features
-    path = cache_dir() / "features" / f"{safe_id}-{splits.extractor_basis[0][:16]}-test-{n}.npy"
+    # versions derived by clean/corrupt keep their basis's test split, so they share its cached features; a val
+    # split is the version's own
+    basis = splits.extractor_basis[0] if split == "test" else splits.version
+    path = cache_dir() / "features" / f"{safe_id}-{basis[:16]}-{split}-{n}.npy"
     if path.exists():
         return np.load(path, allow_pickle=False)
-    images = nested_subset(splits.test, n, seed=0).x
-    feats, _ = extract(extractor, images, batch_size, f"test split ({n})")
+    images = nested_subset(getattr(splits, split), n, seed=0).x
+    feats, _ = extract(extractor, images, batch_size, f"{split} split ({n})")
     buf = io.BytesIO()
     np.save(buf, feats)
     atomic_write_bytes(path, buf.getvalue())

@@ -1,15 +1,18 @@
 """The training loop, shared by every family.
 
 A family gives the loop a `Recipe`: one optimisation step and the state a checkpoint holds (train/gan.py,
-train/gpt.py). The loop owns everything else, written once: resuming from the newest intact checkpoint, progress with
-the latest logged values, the non-finite check, tracking, checkpoints and the FLOP count.
+train/gpt.py), and optionally an `Evaluation`: a cheap metric scored every few steps. The loop owns everything else,
+written once: resuming from the newest intact checkpoint, progress with the latest logged values, the non-finite
+check, tracking, checkpoints, the metric curve with the best checkpoint so far, and the FLOP count.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,7 +21,7 @@ import yaml
 
 from genscale.config import RunConfig
 from genscale.errors import GenscaleError
-from genscale.paths import atomic_write_bytes
+from genscale.paths import atomic_write_bytes, read_json
 from genscale.tracking import Tracker
 from genscale.train.checkpoint import (
     NonFiniteCheckpointError,
@@ -55,6 +58,45 @@ class Recipe(Protocol):
         ...
 
 
+@dataclass
+class Evaluation:
+    """A lower-is-better metric scored on a cheap, stated budget every `every` steps (and at the last step)."""
+
+    metric: str  # e.g. "fid_fmnist", "val_loss"
+    budget: str  # what it is scored on, e.g. "1000 generated vs 1000 validation images"
+    every: int
+    score: Callable[[], float]
+
+
+class MetricCurve:
+    """The run's metric curve (curve.json) and its best checkpoint so far (best/ and best.json).
+
+    Kept across a resume: points after the resumed checkpoint are scored again (and replaced) as the run reaches them;
+    the best is replaced only by a strictly better value, so best.json always names weights that were really trained.
+    """
+
+    def __init__(self, run_dir: Path, evaluation: Evaluation):
+        self.run_dir, self.evaluation = run_dir, evaluation
+        path, best = run_dir / "curve.json", run_dir / "best.json"
+        self.points: dict[int, float] = {int(k): v for k, v in read_json(path, "metric curve")["points"]} \
+            if path.exists() else {}
+        self.best: dict[str, Any] | None = read_json(best, "best checkpoint record") if best.exists() else None
+
+    def add(self, step: int, value: float, recipe: Recipe, tracker: Tracker | None, cfg: RunConfig) -> None:
+        ev = self.evaluation
+        self.points[step] = value
+        atomic_write_bytes(self.run_dir / "curve.json", json.dumps(
+            {"metric": ev.metric, "budget": ev.budget, "every": ev.every,
+             "points": sorted(self.points.items())}, indent=1).encode())
+        if tracker:
+            tracker.log_metrics({f"curve.{ev.metric}": value}, step)
+        if math.isfinite(value) and (self.best is None or value < self.best["value"]):
+            tensors, meta = recipe.tensors()
+            save_checkpoint(self.run_dir / "best", step, tensors, {**meta, "config": cfg.model_dump(mode="json")})
+            self.best = {"step": step, "metric": ev.metric, "value": value, "budget": ev.budget}
+            atomic_write_bytes(self.run_dir / "best.json", json.dumps(self.best, indent=1).encode())
+
+
 def _first_non_finite(window: torch.Tensor, first_step: int, names: tuple[str, ...]) -> str | None:
     bad = (~torch.isfinite(window)).nonzero()
     if len(bad) == 0:
@@ -63,19 +105,21 @@ def _first_non_finite(window: torch.Tensor, first_step: int, names: tuple[str, .
     return f"step {first_step + row}: {names[col]} is {window[row, col].item()}"
 
 
-def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, device: torch.device
-        ) -> dict[str, Any]:
+def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, device: torch.device,
+        evaluation: Evaluation | None = None) -> dict[str, Any]:
     """Train to cfg.train.steps, resuming from the run folder's newest intact checkpoint if there is one; returns
     the counters (flops_per_step, flops, train_seconds, epochs).
 
     Losses are checked for NaN/infinity at every log window and before every checkpoint, and the checkpoint
     store refuses non-finite tensors, so a diverged run stops at its last good checkpoint and never writes a
-    poisoned one."""
+    poisoned one. With an `evaluation`, the metric is scored every `evaluation.every` steps and at the end (its
+    time is not counted as training time) and the best checkpoint so far is kept (MetricCurve)."""
     t = cfg.train
     autocast = autocast_for(device, t.precision)
     ckpt_dir = run_dir / "checkpoints"
     step, counters, saved = 0, {"flops_per_step": None, "train_seconds": 0.0}, None
     remove_partial_writes(ckpt_dir)
+    remove_partial_writes(run_dir / "best")
     if checkpoint_steps(ckpt_dir):  # files there but none intact is an error, never a silent restart from 0
         ckpt = load_checkpoint(ckpt_dir)
         recipe.restore(ckpt.tensors, ckpt.sidecar)
@@ -92,6 +136,7 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
             raise diverged(problem)
         return values
 
+    curve = MetricCurve(run_dir, evaluation) if evaluation else None
     names = recipe.log_names
     window: list[torch.Tensor] = []
     started = time.perf_counter()
@@ -112,6 +157,12 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
                 atomic_write_bytes(run_dir / "progress.json", json.dumps({"step": step, "steps": t.steps}).encode())
                 update(advance=0, **means)
             update(advance=1)
+            if curve and (step % curve.evaluation.every == 0 or step == t.steps):
+                if window:  # never score (or keep as best) weights whose losses went non-finite
+                    checked(window)
+                scoring = time.perf_counter()
+                curve.add(step, curve.evaluation.score(), recipe, tracker, cfg)
+                started += time.perf_counter() - scoring
             if step % t.checkpoint_every == 0 or step == t.steps:
                 if window:  # a checkpoint can come before its log window ends: check what it holds first
                     checked(window)
