@@ -1,6 +1,7 @@
 """Study benchmarks: the demo study's wall time and verdict, and the speedup of Ray workers on one grid.
 
-    python benchmarks/study.py demo                      # -> results/study_demo.json
+    python benchmarks/study.py demo [--preset configs/study-demo-text.yaml]  # -> results/study_demo_image.json
+                                                                             #    (study_demo_text.json, ...)
     python benchmarks/study.py workers [--workers 1 2]   # -> results/study_workers.json
 
 `demo` runs `genscale study run configs/study-demo-image.yaml --workers 2` as a user would (the feature
@@ -50,16 +51,19 @@ def demo(args: argparse.Namespace) -> dict:
 
     classifiers = set((cache_dir() / "extractors").glob("fmnist-classifier-*"))
     out = Path(tempfile.mkdtemp(prefix="genscale-demo-study-")) / "study"
-    seconds, stdout = run_study(ROOT / "configs/study-demo-image.yaml", 2, out)
+    seconds, stdout = run_study(ROOT / args.preset, 2, out)
     now = set((cache_dir() / "extractors").glob("fmnist-classifier-*"))
     analysis = json.loads((out / "analysis.json").read_text())
+    metric = analysis["metric"]
     trials = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*/result.json"))]
-    return {"study": "configs/study-demo-image.yaml", "workers": 2, "wall_seconds": round(seconds, 1),
+    return {"study": args.preset, "workers": 2, "wall_seconds": round(seconds, 1),
             "extractor_trained_in_this_run": bool(now - classifiers), "folder": str(out),
-            "verdict": analysis["verdict"], "laws": analysis["laws"], "skipped": analysis["skipped"],
-            "data_constrained": analysis["data_constrained"],
+            "verdict": analysis["verdict"], "holdout": analysis["holdout"], "laws": analysis["laws"],
+            "skipped": analysis["skipped"], "data_constrained": analysis["data_constrained"],
             "trials": [{k: t[k] for k in ("trial", "D", "N", "C", "epochs", "train_seconds", "wall_seconds")}
-                       | {"fid_fmnist": t["metrics"]["fid_fmnist"]} for t in trials],
+                       | {f"{metric} final": t["metrics"][metric],
+                          f"{metric} best": (t.get("best") or {}).get("metrics", {}).get(metric),
+                          "best_step": (t.get("best") or {}).get("step")} for t in trials],
             "stdout_tail": stdout[-1500:]}
 
 
@@ -79,10 +83,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", choices=["demo", "workers"])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--preset", default="configs/study-demo-image.yaml", help="demo: the study preset to run")
     args = p.parse_args()
     result = demo(args) if args.which == "demo" else workers(args)
     result = {"command": command(), "machine": machine(), **result}
-    path = ROOT / "benchmarks" / "results" / f"study_{args.which}.json"
+    name = Path(args.preset).stem.removeprefix("study-").replace("-", "_") if args.which == "demo" else args.which
+    path = ROOT / "benchmarks" / "results" / f"study_{name}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps({k: v for k, v in result.items() if k not in ("laws", "trials", "stdout_tail")}, indent=1,
                      default=str))

@@ -144,7 +144,7 @@ def test_report_and_verdict_from_trials_of_a_known_law(tmp_path):
     true_data = 3e3 / 32000**0.5 - 3e3 / 16000**0.5
     lo, hi = v["data_2x"]["interval"]
     assert lo <= true_data <= hi or v["data_2x"]["change"] == pytest.approx(true_data, rel=0.1)
-    assert v["sentence"].startswith("At 16,000 unique examples and 4e+11 FLOPs")
+    assert v["sentence"].startswith("At 16,000 unique training examples and 4e+11 FLOPs")
     page = (study_dir / "report.html").read_text()
     assert v["sentence"] in page.replace("&#x27;", "'") and "<table>" in page
     assert "src=\"http" not in page and page.count("data:image/png;base64,") >= 4  # self-contained plots
@@ -245,3 +245,37 @@ def test_trial_ids_name_axes_that_share_a_last_part_in_full(tmp_path):
     study, base = load_study(write_study(tmp_path, axes={"data.size": [64], "model.size": ["tiny"],
                                                          "train.steps": [5]}))
     assert [t.id for t in expand_grid(study, base)] == ["t000-data.size=64-model.size=tiny-steps=5"]
+
+
+def test_operating_point_outside_the_grid_fails_before_anything_runs(tmp_path):
+    with pytest.raises(GenscaleError, match=r"operating_point.data_size: the verdict's D0 = 4000 \(and its 2x\) lies "
+                                            r"more than 4x outside the 64-128 the trials observe"):
+        create_study(write_study(tmp_path, operating_point={"data_size": 4000}))
+    with pytest.raises(GenscaleError, match=r"operating_point.flops: the verdict's C0 = 1e\+15"):
+        create_study(write_study(tmp_path, operating_point={"flops": 1e15}))
+    assert not (runs_dir() / "studies").exists()
+
+
+@pytest.mark.parametrize("preset", ["study-demo-image.yaml", "study-demo-text.yaml", "study-thesis-text.yaml"])
+def test_shipped_presets_plan_their_operating_point_inside_the_range_they_observe(tmp_path, preset):
+    plan = read_plan(create_study(Path(__file__).parents[1] / "configs" / preset, tmp_path / "s"))
+    grid = [t for t in plan["trials"] if t["role"] == "grid"]
+    sizes = [t["config"]["data"]["size"] or plan["full_data_size"] for t in grid]
+    flops = [t["planned_flops"] for t in grid]
+    d0, c0 = plan["operating_data_size"], plan["operating_flops"]
+    assert min(sizes) <= d0 <= max(sizes) and min(flops) <= c0 <= max(flops)
+    assert all(t["config"]["eval"]["every"] for t in grid)  # every trial has a curve: the study fits its best
+
+
+def test_verify_adds_the_two_verdict_arms_at_the_operating_point(tmp_path):
+    study_dir = create_study(write_study(tmp_path, axes={"data.size": [64, 128], "train.steps": [6, 12]},
+                                         operating_point={"data_size": 64}, verify=True), tmp_path / "s")
+    plan = read_plan(study_dir)
+    verify = {t["id"]: t for t in plan["trials"] if t["role"] == "verify"}
+    assert sorted(verify) == ["v00-verify-data2x", "v01-verify-compute2x"]
+    grid_flops = max(t["planned_flops"] for t in plan["trials"] if t["role"] == "grid")
+    assert plan["operating_flops"] == grid_flops
+    data2x, compute2x = verify["v00-verify-data2x"], verify["v01-verify-compute2x"]
+    assert (data2x["config"]["data"]["size"], data2x["config"]["train"]["steps"]) == (128, 12)
+    assert (compute2x["config"]["data"]["size"], compute2x["config"]["train"]["steps"]) == (64, 24)
+    assert compute2x["planned_flops"] == 2 * grid_flops

@@ -1,72 +1,214 @@
 """From trial results to fitted laws and a verdict: does 2x data or 2x compute buy more at the operating point?
 
-Laws fitted (lower-is-better metric L; D unique examples, C counted training FLOPs, N parameters of G + D,
-S examples processed = steps x batch x discriminator steps):
-  L(C, D) = E + A/C^alpha + B/D^beta   the data-vs-compute surface of the verdict (when both vary)
-  L(N, D) = E + A/N^alpha + B/D^beta   Hoffmann et al. 2022 (when model size varies)
-  L(D), L(C)                           one-axis laws, at the largest compute / the largest data of the grid
-  L(D')                                Muennighoff et al. 2023 effective data, when examples repeat (epochs > 1)
-  L(N, S) with C = k N S               the compute-optimal split of a budget between model size and data
+Laws fitted (lower-is-better metric L; D unique examples, C counted training FLOPs, N parameters, S examples
+processed = steps x examples per step):
+  L(C, D) = E + A/C^alpha + B/D^beta          Hoffmann et al. 2022's form over compute and data (no repetition)
+  L([N,] D, S) = E + [A/N^alpha] + B/D'^beta  Muennighoff et al. 2023: D' the effective data of D unique examples
+                                              seen S/D times (R* fitted), so more steps on small data saturate
+  L(N, D)                                     when model size varies
+  L(D), L(C)                                  one-axis laws, at the largest compute / the largest data of the grid
+  L(N, S) with C = k N S                      the compute-optimal split of a budget between model size and data
+The verdict's surface is one of the first two, chosen by its error on held-out trials (the largest-compute trial at
+each data size, kept out of the fit), not by R^2; it is then refitted to every trial. E is bounded below by the
+metric's real floor (floor.json: real-vs-real FID, 0 for a loss). Intervals come from the bootstrap of fit.py (seed
+repeats resampled within their cell); a parameter that sits on a bound in the fit and its refits is "not identified".
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.optimize import brentq
 
-from genscale.paths import atomic_write_bytes
+from genscale.paths import atomic_write_bytes, read_json
 from genscale.study.fit import (
+    R_STAR_DEFAULT,
+    Law,
     PowerLaw,
     bootstrap,
-    effective_data,
-    fit_data_constrained,
+    fit_data_constrained_surface,
     fit_power_law,
     interval,
+    law_from_dict,
+    not_identified,
+    prediction_interval,
 )
 
 MIN_POINTS = 4  # fewer trials than this cannot pin a law with an irreducible term
+HOLDOUT_BOOT = 50  # refits behind the held-out trials' prediction intervals
+VALIDATED_SHARE = 0.75  # held-out (or verify) trials inside their prediction intervals for "validated"
+MAP_GRID = 40  # decision-map resolution per axis
 
 
-def _law_dict(law: PowerLaw, boots: list[PowerLaw] | None, level: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"axes": list(law.axes), "params": law.params(), "r2_log": law.r2_log,
-                           "rmse_log": law.rmse_log, "observed_range": law.observed_range}
+def column(p: dict[str, Any], key: str) -> float:
+    """A law input of a trial result: C, D, N, or S (examples processed)."""
+    return float(p["examples_seen"] if key == "S" else p[key])
+
+
+def _xy(points: list[dict[str, Any]], inputs: tuple[str, ...], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.array([[column(p, k) for k in inputs] for p in points], dtype=float).reshape(len(points), len(inputs))
+    return x, np.array([p["metrics"][metric] for p in points], dtype=float)
+
+
+def cells_of(points: list[dict[str, Any]]) -> np.ndarray:
+    """One id per trial; trials equal in every axis but the seed share a cell (their spread is seed noise)."""
+    keys = [json.dumps({k: v for k, v in p["axes"].items() if k not in ("seed", "train.seed")}, sort_keys=True,
+                       default=str) for p in points]
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    return np.array([ids[k] for k in keys])
+
+
+def _law_dict(law: Law, boots: list[Law] | None, level: float) -> dict[str, Any]:
+    out = law.to_dict()
+    hidden = not_identified(law, boots or [])
+    out["not_identified"] = hidden
     if boots:
-        out["intervals"] = {k: interval(np.array([b.params()[k] for b in boots]), level) for k in law.params()}
+        out["intervals"] = {k: None if k in hidden else interval(np.array([b.params()[k] for b in boots]), level)
+                            for k in law.params()}
     return out
 
 
-def _fit(points: list[dict[str, Any]], axes: tuple[str, ...], metric: str, fit_cfg: dict[str, Any],
-         min_points: int = MIN_POINTS) -> tuple[PowerLaw, list[PowerLaw]] | str:
-    """Fit L over `axes` (keys of the trial results) with bootstrap; a reason string when it cannot."""
+def _usable(points: list[dict[str, Any]], inputs: tuple[str, ...], metric: str, min_points: int) -> str | None:
+    """Why a law over `inputs` cannot be fitted to these trials, or None."""
     if len(points) < min_points:
         return f"{len(points)} trials; needs at least {min_points}"
-    x = np.array([[p[a] for a in axes] for p in points], dtype=float)
-    y = np.array([p["metrics"][metric] for p in points], dtype=float)
-    for i, a in enumerate(axes):
+    x, y = _xy(points, inputs, metric)
+    for i, a in enumerate(inputs):
         if len(np.unique(x[:, i])) < 2:
             return f"{a} takes one value"
     if (y <= 0).any() or not np.isfinite(y).all():
         return f"{metric} is not positive and finite in every trial"
-    law = fit_power_law(x, y, axes)
-    return law, bootstrap(x, y, axes, law, n_boot=fit_cfg["bootstrap"], seed=fit_cfg["seed"])
+    return None
 
 
-def _within(value: float, lo: float, hi: float, factor: float) -> bool:
-    return lo / factor <= value <= hi * factor
+def _fit(points: list[dict[str, Any]], axes: tuple[str, ...], metric: str, fit_cfg: dict[str, Any], floor: float = 0.0,
+         min_points: int = MIN_POINTS) -> tuple[PowerLaw, list[Law]] | str:
+    """A power law over `axes` with its bootstrap (seed repeats resampled in their cells); a reason when it cannot."""
+    why = _usable(points, axes, metric, min_points)
+    if why:
+        return why
+    x, y = _xy(points, axes, metric)
+    law = fit_power_law(x, y, axes, e_floor=floor)
+    return law, bootstrap(x, y, law, cells=cells_of(points), n_boot=fit_cfg["bootstrap"], seed=fit_cfg["seed"])
 
 
-def _change(law: PowerLaw, boots: list[PowerLaw], base: list[float], moved: list[float], level: float
-            ) -> dict[str, Any]:
-    """Predicted metric change from `base` to `moved` (points in the law's axis order), with its interval."""
-    def delta(m: PowerLaw) -> float:
-        return float(m.predict(np.array([moved]))[0] - m.predict(np.array([base]))[0])
+@dataclass
+class Form:
+    """A candidate surface for the verdict: its name, the trial columns it reads, and its fitter."""
 
-    values = np.array([delta(b) for b in boots])
-    lo, hi = interval(values, level)
-    return {"change": delta(law), "interval": [lo, hi], "at": float(law.predict(np.array([base]))[0])}
+    name: str
+    inputs: tuple[str, ...]
+    fitter: Callable[[np.ndarray, np.ndarray, float], Law]
+    n_params: int
+
+
+def candidate_forms(points: list[dict[str, Any]], mode: str) -> tuple[list[Form], str | None]:
+    """L(C, D) always; the data-constrained surface unless switched off (auto: when some trial repeats its data).
+    Returns the forms and why the data-constrained one is left out (None when it is in)."""
+    forms = [Form("L(C, D)", ("C", "D"), lambda x, y, f: fit_power_law(x, y, ("C", "D"), e_floor=f), 5)]
+    if mode == "off":
+        return forms, "switched off (fit.data_constrained: off)"
+    if mode == "auto" and not any(p["epochs"] > 1 for p in points):
+        return forms, "no trial repeats its data (every epochs <= 1)"
+    inputs = ("N", "D", "S") if len({p["N"] for p in points}) > 1 else ("D", "S")
+    name = f"L({', '.join(inputs)}) data-constrained"
+    forms.append(Form(name, inputs, lambda x, y, f: fit_data_constrained_surface(x, y, inputs, e_floor=f),
+                      4 + 2 * (len(inputs) == 3)))
+    return forms, None
+
+
+def holdout_indices(points: list[dict[str, Any]]) -> list[int]:
+    """The largest-compute trials (every seed) at each data size that has at least two compute levels."""
+    out = []
+    for d in sorted({p["D"] for p in points}):
+        at_d = [i for i, p in enumerate(points) if p["D"] == d]
+        top = max(points[i]["C"] for i in at_d)
+        if len({points[i]["C"] for i in at_d}) >= 2:
+            out += [i for i in at_d if points[i]["C"] == top]
+    return out
+
+
+def _predict_new(law: Law, x_fit: np.ndarray, y_fit: np.ndarray, cells: np.ndarray, x_new: np.ndarray,
+                 fit_cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prediction, lo, hi) for new trials at x_new: the refits' spread plus the trial noise of the fit's residuals."""
+    boots = bootstrap(x_fit, y_fit, law, cells=cells, n_boot=HOLDOUT_BOOT, seed=fit_cfg["seed"])
+    residuals = np.log(y_fit) - np.log(law.predict(x_fit))
+    lo, hi = prediction_interval(law, boots, x_new, fit_cfg["level"], residuals=residuals)
+    return law.predict(x_new), lo, hi
+
+
+def held_out_check(points: list[dict[str, Any]], forms: list[Form], metric: str, fit_cfg: dict[str, Any],
+                   floor: float) -> dict[str, Any]:
+    """Fit every form without the held-out trials and predict them; the smaller held-out log error wins."""
+    held = holdout_indices(points)
+    rest = [p for i, p in enumerate(points) if i not in held]
+    out: dict[str, Any] = {"rule": "the largest-compute trial (every seed) at each data size with two or more "
+                                   "compute levels, kept out of the fit", "trials": [], "forms": {}}
+    if not held:
+        out["reason"] = "no data size has two compute levels, so no trial can be held out"
+        return out
+    out["held_out"] = [points[i]["trial"] for i in held]
+    for form in forms:
+        why = _usable(rest, form.inputs, metric, max(MIN_POINTS, form.n_params + 1))
+        if why:
+            out["forms"][form.name] = {"reason": f"not fitted without the held-out trials ({why})"}
+            continue
+        x_fit, y_fit = _xy(rest, form.inputs, metric)
+        x_new, y_new = _xy([points[i] for i in held], form.inputs, metric)
+        law = form.fitter(x_fit, y_fit, floor)
+        pred, lo, hi = _predict_new(law, x_fit, y_fit, cells_of(rest), x_new, fit_cfg)
+        errors = np.log(pred) - np.log(y_new)
+        out["forms"][form.name] = {
+            "rmse_log": float(np.sqrt(np.mean(errors**2))), "inside": int(((lo <= y_new) & (y_new <= hi)).sum()),
+            "trials": [{"trial": points[i]["trial"], "measured": float(m), "predicted": float(f), "interval":
+                        [float(a), float(b)], "log_error": float(e), "inside": bool(a <= m <= b)}
+                       for i, m, f, a, b, e in zip(held, y_new, pred, lo, hi, errors, strict=True)]}
+    fitted = {k: v for k, v in out["forms"].items() if "rmse_log" in v}
+    if fitted:
+        out["chosen"] = min(fitted, key=lambda k: fitted[k]["rmse_log"])
+        out["trials"] = fitted[out["chosen"]]["trials"]
+        out["sentence"] = (f"Held out of the fit: {out['rule']} ({len(held)} trials), predicted by each form fitted "
+                           f"to the other {len(rest)}; the form with the smaller held-out log error, {out['chosen']}, "
+                           "is refitted to every trial for the verdict. Rows: that form's predictions.")
+    return out
+
+
+@dataclass
+class Surface:
+    """The verdict's law with what maps a (compute, data) point onto its inputs: S = C / (k N0) at the operating
+    model's N0 (more compute = more steps of that model)."""
+
+    name: str
+    law: Law
+    boots: list[Law]
+    n0: float
+    k: float  # FLOPs per parameter per example processed, median over the trials
+    hidden: tuple[str, ...] = ()  # the law's parameters that are not identified (on a bound in fit and refits)
+
+    def inputs_at(self, c: np.ndarray, d: np.ndarray, n: float | None = None) -> np.ndarray:
+        """Law inputs at compute c and data d for a model of n parameters (default: the operating model's)."""
+        n = n or self.n0
+        c, d = np.broadcast_arrays(np.asarray(c, dtype=float), np.asarray(d, dtype=float))
+        cols = {"C": c, "D": d, "N": np.full_like(c, n), "S": c / (self.k * n)}
+        return np.column_stack([cols[k].ravel() for k in self.law.inputs])
+
+    def predict(self, c: np.ndarray, d: np.ndarray, law: Law | None = None, n: float | None = None) -> np.ndarray:
+        c = np.asarray(c, dtype=float)
+        return (law or self.law).predict(self.inputs_at(c, d, n)).reshape(np.broadcast(c, np.asarray(d)).shape)
+
+
+def surface_of(analysis: dict[str, Any]) -> Surface | None:
+    """The verdict's surface rebuilt from analysis.json (without its refits), or None when there is none."""
+    ref = analysis.get("verdict", {}).get("surface")
+    if not ref or ref["name"] not in analysis.get("laws", {}):
+        return None
+    return Surface(ref["name"], law_from_dict(analysis["laws"][ref["name"]]), [], n0=ref["n0"], k=ref["k"])
 
 
 def _fmt(x: float) -> str:
@@ -74,11 +216,38 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2g}"
 
 
-def verdict(law: PowerLaw, boots: list[PowerLaw], d0: float, c0: float, metric: str, fit_cfg: dict[str, Any]
+def _within(value: float, lo: float, hi: float, factor: float) -> bool:
+    return lo / factor <= value <= hi * factor
+
+
+def _change(s: Surface, base: tuple[float, float], moved: tuple[float, float], level: float) -> dict[str, Any]:
+    """Predicted metric change from `base` to `moved` ((C, D) points), with its interval; an interval of zero width
+    while some parameter sits on a bound in the fit and its refits is "not identified", never [x, x]. (A zero width
+    with every parameter identified is a real zero: e.g. more steps on fully repeated data.)"""
+    def delta(law: Law) -> float:
+        return float(s.predict(moved[0], moved[1], law) - s.predict(base[0], base[1], law))
+
+    value = delta(s.law)
+    values = np.array([delta(b) for b in s.boots])
+    lo, hi = interval(values, level)
+    identified = hi - lo > 1e-9 * abs(float(s.predict(*base))) or not s.hidden  # width relative to the metric
+    return {"change": value, "interval": [lo, hi] if identified else None, "identified": identified,
+            "at": float(s.predict(*base))}
+
+
+def _phrase(ch: dict[str, Any], metric: str) -> str:
+    word = "lower" if ch["change"] <= 0 else "raise"
+    if ch["interval"] is None:
+        return f"{word} {metric} by {_fmt(abs(ch['change']))} (interval not identified: every refit sits on a bound)"
+    lo, hi = sorted(-v if word == "lower" else v for v in ch["interval"])
+    return f"{word} {metric} by {_fmt(abs(ch['change']))} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def verdict(s: Surface, d0: float, c0: float, metric: str, fit_cfg: dict[str, Any], unit: str = "unique examples"
             ) -> dict[str, Any]:
     """Predicted change of the metric from 2x unique data and from 2x compute at (D0, C0), and which wins."""
     level, factor = fit_cfg["level"], fit_cfg["max_extrapolation"]
-    (c_lo, c_hi), (d_lo, d_hi) = law.observed_range["C"], law.observed_range["D"]
+    (c_lo, c_hi), (d_lo, d_hi) = _range(s, "C"), _range(s, "D")
     problems = []
     if not (_within(d0, d_lo, d_hi, factor) and _within(2 * d0, d_lo, d_hi, factor)):
         problems.append(f"D0 = {d0:.0f} (and 2x) lies more than {factor:g}x outside the observed D "
@@ -89,47 +258,114 @@ def verdict(law: PowerLaw, boots: list[PowerLaw], d0: float, c0: float, metric: 
     if problems:
         return {"decision": "out of range", "sentence": "No verdict: " + "; ".join(problems) +
                 ". Add trials nearer the operating point or set operating_point in the study.", "D0": d0, "C0": c0}
-    data = _change(law, boots, [c0, d0], [c0, 2 * d0], level)
-    compute = _change(law, boots, [c0, d0], [2 * c0, d0], level)
-    (dl, dh), (cl, ch) = data["interval"], compute["interval"]
-    if dh < cl:
+    data = _change(s, (c0, d0), (c0, 2 * d0), level)
+    compute = _change(s, (c0, d0), (2 * c0, d0), level)
+    if not (data["identified"] and compute["identified"]):
+        decision = "not identified"
+    elif data["interval"][1] < compute["interval"][0]:
         decision = "data"
-    elif ch < dl:
+    elif compute["interval"][1] < data["interval"][0]:
         decision = "compute"
     else:
         decision = "inconclusive"
-
-    def phrase(ch: dict[str, Any]) -> str:
-        word = "lower" if ch["change"] <= 0 else "raise"
-        lo, hi = sorted(-v if word == "lower" else v for v in ch["interval"])
-        return f"{word} {metric} by {_fmt(abs(ch['change']))} [{_fmt(lo)}, {_fmt(hi)}]"
-
     pct = int(round(level * 100))
-    sentence = (f"At {d0:,.0f} unique examples and {c0:.3g} FLOPs (predicted {metric} {_fmt(data['at'])}), "
-                f"doubling the data is predicted to {phrase(data)}; doubling compute to {phrase(compute)} "
-                f"({pct}% bootstrap intervals). ")
+    sentence = (f"At {d0:,.0f} {unit} and {c0:.3g} FLOPs (predicted {metric} {_fmt(data['at'])}, law {s.name}), "
+                f"doubling the data is predicted to {_phrase(data, metric)}; doubling compute to "
+                f"{_phrase(compute, metric)} ({pct}% bootstrap intervals). ")
     sentence += {"data": "More data buys more quality here.",
                  "compute": "More compute buys more quality here.",
-                 "inconclusive": "Inconclusive: the intervals overlap."}[decision]
-    return {"decision": decision, "sentence": sentence, "D0": d0, "C0": c0, "data_2x": data,
+                 "inconclusive": "Inconclusive: the intervals overlap.",
+                 "not identified": "No decision: an arm's interval is not identified by these trials."}[decision]
+    return {"decision": decision, "sentence": sentence, "D0": d0, "C0": c0, "law": s.name, "data_2x": data,
             "compute_2x": compute,
-            "gpus_2x": {**compute, "efficiency": 1.0,
-                        "note": "2x GPUs at equal wall time = 2x compute at the measured data-parallel efficiency; "
-                                "no train.gpus trials were run, so ideal efficiency (1.0) is assumed: an upper "
-                                "bound on what 2x GPUs buy"}}
+            "gpus_2x": {"note": "not measured: no train.gpus trials were run (data-parallel training is not built "
+                                "yet), so no number is given; at equal wall time 2x GPUs can at best buy what 2x "
+                                "compute buys above, and less by the data-parallel efficiency of this hardware"}}
 
 
-def compute_optimal(points: list[dict[str, Any]], metric: str, c0: float, fit_cfg: dict[str, Any]
-                    ) -> dict[str, Any]:
+def _range(s: Surface, key: str) -> tuple[float, float]:
+    """Observed range of C or D behind the surface (C from S for a data-constrained law)."""
+    r = s.law.observed_range
+    if key in r:
+        return r[key]
+    lo, hi = r["S"]
+    return lo * s.k * s.n0, hi * s.k * s.n0
+
+
+def price(s: Surface, d0: float, c0: float, costs: dict[str, Any], seconds_per_flop: float, metric: str,
+          unit: str) -> dict[str, Any]:
+    """What the next `costs.spend` (currency) buys as data or as compute at (D0, C0), and the break-even price per
+    example. Device-hours from the trials' measured throughput (seconds per counted FLOP, median over trials)."""
+    spend, per_example, hour = costs["spend"], costs.get("per_example"), costs.get("device_hour")
+    cur = costs.get("currency") or ""
+    if per_example is None or hour is None:
+        return {"available": False, "reason": "set costs.per_example and costs.device_hour in the study"}
+    examples = spend / per_example
+    hours = spend / hour
+    flops = hours * 3600 / seconds_per_flop
+    at = float(s.predict(c0, d0))
+    data = float(s.predict(c0, d0 + examples)) - at
+    compute = float(s.predict(c0 + flops, d0)) - at
+
+    def gap(log_p: float) -> float:  # data change at price p minus the compute change; increasing in p
+        return float(s.predict(c0, d0 + spend / math.exp(log_p))) - at - compute
+
+    lo, hi = math.log(per_example) - 30, math.log(per_example) + 30
+    even = math.exp(brentq(gap, lo, hi, xtol=1e-10)) if gap(lo) < 0 < gap(hi) else None
+    d_hi, c_hi = _range(s, "D")[1], _range(s, "C")[1]
+    beyond = [name for name, v, top in (("data", d0 + examples, d_hi), ("compute", c0 + flops, c_hi)) if v > top]
+    sentence = (f"The next {spend:,.0f} {cur}".rstrip() + f" buys {_fmt(data)} {metric} as data ({examples:,.0f} more "
+                f"{unit} at {per_example:g} each) or {_fmt(compute)} {metric} as compute ({hours:,.3g} device-hours "
+                f"at {hour:g}, {flops:.3g} FLOPs at the measured {1 / seconds_per_flop:.3g} FLOP/s). ")
+    sentence += (f"They break even at {even:.3g} per example: data is the better buy below that price."
+                 if even is not None else "No price per example makes them break even within 1e13x of the one given.")
+    if beyond:
+        sentence += f" ({' and '.join(beyond)} arm beyond the observed range: extrapolated.)"
+    return {"available": True, "spend": spend, "currency": cur, "examples": examples, "device_hours": hours,
+            "flops": flops, "data_change": data, "compute_change": compute, "break_even_per_example": even,
+            "seconds_per_flop": seconds_per_flop, "sentence": sentence}
+
+
+def decision_map(s: Surface, c0: float, d0: float) -> dict[str, Any]:
+    """Predicted change from 2x data and from 2x compute over the observed (C, D) plane."""
+    (c_lo, c_hi), (d_lo, d_hi) = _range(s, "C"), _range(s, "D")
+    c = np.geomspace(c_lo, c_hi, MAP_GRID)
+    d = np.geomspace(d_lo, d_hi, MAP_GRID)
+    cg, dg = np.meshgrid(c, d)  # (len(d), len(c))
+    base = s.predict(cg, dg)
+    return {"C": c.tolist(), "D": d.tolist(), "gain_data": (s.predict(cg, 2 * dg) - base).tolist(),
+            "gain_compute": (s.predict(2 * cg, dg) - base).tolist(), "C0": c0, "D0": d0}
+
+
+def validation(check: dict[str, Any], chosen: str, verified: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether the verdict's law predicted trials it did not see: the held-out trials and the verify trials."""
+    rows = list(check.get("trials", [])) + verified
+    if not rows:
+        why = check.get("reason") or "; ".join(f"{k} {v['reason']}" for k, v in check.get("forms", {}).items()) \
+            or "no held-out trials"
+        return {"status": "not checked", "sentence": f"Not validated: {why}. Add compute levels (three or more per "
+                "data size leave two after the hold-out), or set verify: true."}
+    inside = sum(r["inside"] for r in rows)
+    status = "validated" if inside >= math.ceil(VALIDATED_SHARE * len(rows)) else "not validated"
+    med = float(np.median([abs(math.expm1(r["log_error"])) for r in rows]))
+    compared = ", ".join(f"{k} {v['rmse_log']:.3g}" for k, v in check.get("forms", {}).items() if "rmse_log" in v)
+    sentence = (f"{status.capitalize()}: {inside} of {len(rows)} trials the fit did not see lie inside their 90% "
+                f"prediction intervals (median error {100 * med:.1f}%)")
+    sentence += f"; held-out log rmse by form: {compared}; the verdict uses {chosen}." if compared else "."
+    return {"status": status, "inside": inside, "checked": len(rows), "sentence": sentence}
+
+
+def compute_optimal(points: list[dict[str, Any]], metric: str, c0: float, fit_cfg: dict[str, Any],
+                    floor: float = 0.0) -> dict[str, Any]:
     """Hoffmann et al. 2022 eq. 4: N_opt(C) = G (C/k)^(beta/(alpha+beta)), G = (alpha A / (beta B))^(1/(alpha+beta)),
     with L(N, S) fitted over model size N and examples processed S, and C = k N S measured (k = median C/(N S))."""
-    fitted = _fit(points, ("N", "examples_seen"), metric, fit_cfg)
+    fitted = _fit(points, ("N", "examples_seen"), metric, fit_cfg, floor)
     if isinstance(fitted, str):
         return {"available": False, "reason": f"L(N, S) not fitted: {fitted}"}
     law, boots = fitted
     k = float(np.median([p["C"] / (p["N"] * p["examples_seen"]) for p in points]))
 
-    def n_opt(m: PowerLaw) -> float:
+    def n_opt(m: Any) -> float:
         (a, b), (al, be) = m.A, m.alpha
         if al <= 0 or be <= 0:
             return float("nan")
@@ -169,48 +405,107 @@ def compare_treatments(results: list[dict[str, Any]], axes: dict[str, list[Any]]
 
 
 def analyse(results: list[dict[str, Any]], *, metric: str, fit_cfg: dict[str, Any], operating_data_size: int,
-            operating_flops: float | None, axes: dict[str, list[Any]] | None = None) -> dict[str, Any]:
-    """Every law the trials support, the verdict at the operating point, and the compute-optimal split.
+            operating_flops: float | None, axes: dict[str, list[Any]] | None = None, floor: float = 0.0,
+            costs: dict[str, Any] | None = None, unit: str = "unique examples") -> dict[str, Any]:
+    """Every law the trials support, the verdict at the operating point with its validation, price and decision map,
+    and the compute-optimal split.
 
     With treatment axes (e.g. data.clean), the laws are fitted to the trials at each treatment's first value
-    (a law mixes no treatments) and the treatments are compared value against value."""
+    (a law mixes no treatments) and the treatments are compared value against value. Verify trials (role "verify")
+    are kept out of every fit and compared with their predictions."""
     from genscale.study.spec import SCALING_AXES
 
     level = fit_cfg["level"]
     treatments = {a: [str(v) for v in vals] for a, vals in (axes or {}).items() if a not in SCALING_AXES}
-    comparisons = compare_treatments(results, axes or {}, metric) if treatments else {}
-    pts = [r for r in results if metric in r["metrics"]
+    grid = [r for r in results if r.get("role", "grid") == "grid"]
+    checks = [r for r in results if r.get("role") == "verify" and metric in r["metrics"]]
+    comparisons = compare_treatments(grid, axes or {}, metric) if treatments else {}
+    pts = [r for r in grid if metric in r["metrics"]
            and all(str(r["axes"].get(a)) == vals[0] for a, vals in treatments.items())]
-    out: dict[str, Any] = {"metric": metric, "trials_used": len(pts), "laws": {}, "skipped": {},
-                           "comparisons": comparisons,
-                           "laws_fitted_at": {a: vals[0] for a, vals in treatments.items()}}
+    out: dict[str, Any] = {"metric": metric, "trials_used": len(pts), "laws": {}, "skipped": {}, "floor": floor,
+                           "comparisons": comparisons, "laws_fitted_at": {a: vals[0] for a, vals in treatments.items()}}
     c0 = operating_flops or (max(p["C"] for p in pts) if pts else None)
     d0 = float(operating_data_size)
 
-    def record(name: str, fitted: tuple[PowerLaw, list[PowerLaw]] | str) -> tuple[PowerLaw, list] | None:
+    def record(name: str, fitted: tuple[Law, list[Law]] | str) -> tuple[Law, list[Law]] | None:
         if isinstance(fitted, str):
             out["skipped"][name] = fitted
             return None
         out["laws"][name] = _law_dict(*fitted, level)
         return fitted
 
-    surface = record("L(C, D)", _fit(pts, ("C", "D"), metric, fit_cfg))
-    record("L(N, D)", _fit(pts, ("N", "D"), metric, fit_cfg))
+    forms, dc_reason = candidate_forms(pts, fit_cfg["data_constrained"])
+    check = held_out_check(pts, forms, metric, fit_cfg, floor)
+    out["holdout"] = check
+    surfaces: dict[str, tuple[Law, list[Law]]] = {}
+    for form in forms:
+        why = _usable(pts, form.inputs, metric, max(MIN_POINTS, form.n_params + 1))
+        if why:
+            out["skipped"][form.name] = why
+            continue
+        x, y = _xy(pts, form.inputs, metric)
+        law = form.fitter(x, y, floor)
+        boots = bootstrap(x, y, law, cells=cells_of(pts), n_boot=fit_cfg["bootstrap"], seed=fit_cfg["seed"])
+        surfaces[form.name] = record(form.name, (law, boots))  # type: ignore[assignment]
+    out["data_constrained"] = _data_constrained_summary(out, forms, dc_reason)
+    record("L(N, D)", _fit(pts, ("N", "D"), metric, fit_cfg, floor))
     if pts:
         top_c = [p for p in pts if compute_level(p) == max(compute_level(q) for q in pts)]
         top_d = [p for p in pts if p["D"] == max(q["D"] for q in pts)]
-        record("L(D) at the largest compute", _fit(top_c, ("D",), metric, fit_cfg, min_points=3))
-        record("L(C) at the largest data", _fit(top_d, ("C",), metric, fit_cfg, min_points=3))
-    out["data_constrained"] = _data_constrained(pts, metric, fit_cfg)
-    if surface and c0:
-        out["verdict"] = verdict(*surface, d0, c0, metric, fit_cfg)
+        record("L(D) at the largest compute", _fit(top_c, ("D",), metric, fit_cfg, floor, min_points=3))
+        record("L(C) at the largest data", _fit(top_d, ("C",), metric, fit_cfg, floor, min_points=3))
+    chosen = check.get("chosen") if check.get("chosen") in surfaces else next(iter(surfaces), None)
+    if chosen and c0:
+        law, boots = surfaces[chosen]
+        model = max(pts, key=lambda p: p["C"])
+        k = float(np.median([p["C"] / (p["N"] * p["examples_seen"]) for p in pts]))
+        s = Surface(chosen, law, boots, n0=float(model["N"]), k=k, hidden=tuple(not_identified(law, boots)))
+        v = verdict(s, d0, c0, metric, fit_cfg, unit)
+        v["surface"] = {"name": chosen, "n0": s.n0, "k": s.k}  # what surface_of needs to rebuild it for plots
+        verified = _verified(s, checks, pts, metric, fit_cfg)
+        v["validation"] = validation(check, chosen, verified)
+        v["verified"] = verified
+        spf = float(np.median([p["train_seconds"] / p["C"] for p in pts]))
+        if costs:
+            v["price"] = price(s, d0, c0, costs, spf, metric, unit)
+        out["verdict"] = v
+        if v["decision"] != "out of range":
+            out["decision_map"] = decision_map(s, c0, d0)
     else:
-        out["verdict"] = {"decision": "no fit", "sentence": "No verdict: the data-vs-compute law L(C, D) could not "
-                          f"be fitted ({out['skipped'].get('L(C, D)', 'no trials')}). Vary both data.size and "
-                          "compute (train.steps, train.flops or model.size).", "D0": d0, "C0": c0}
-    out["compute_optimal"] = compute_optimal(pts, metric, c0, fit_cfg) if c0 else {"available": False,
-                                                                                   "reason": "no trials"}
+        why = "; ".join(f"{k}: {v}" for k, v in out["skipped"].items() if k.startswith("L(C, D)") or "constrained" in k)
+        out["verdict"] = {"decision": "no fit", "sentence": "No verdict: no data-vs-compute surface could be fitted "
+                          f"({why or 'no trials'}). Vary both data.size and compute (train.steps, train.flops or "
+                          "model.size).", "D0": d0, "C0": c0}
+    out["compute_optimal"] = compute_optimal(pts, metric, c0, fit_cfg, floor) if c0 else {"available": False,
+                                                                                          "reason": "no trials"}
     return out
+
+
+def _verified(s: Surface, checks: list[dict[str, Any]], pts: list[dict[str, Any]], metric: str,
+              fit_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The verify trials (2x data, 2x compute at the operating point) against the surface's prediction intervals."""
+    if not checks:
+        return []
+    x_fit, y_fit = _xy(pts, s.law.inputs, metric)
+    x_new, y_new = _xy(checks, s.law.inputs, metric)
+    pred, lo, hi = _predict_new(s.law, x_fit, y_fit, cells_of(pts), x_new, fit_cfg)
+    return [{"trial": c["trial"], "measured": float(m), "predicted": float(f), "interval": [float(a), float(b)],
+             "log_error": float(np.log(f) - np.log(m)), "inside": bool(a <= m <= b)}
+            for c, m, f, a, b in zip(checks, y_new, pred, lo, hi, strict=True)]
+
+
+def _data_constrained_summary(out: dict[str, Any], forms: list[Form], reason: str | None) -> dict[str, Any]:
+    """The data-constrained surface's R* beside the published one, or why it was not fitted."""
+    dc = next((f.name for f in forms if "constrained" in f.name), None)
+    if dc is None:
+        return {"available": False, "reason": reason}
+    if dc not in out["laws"]:
+        return {"available": False, "reason": out["skipped"].get(dc, "not fitted")}
+    law = out["laws"][dc]
+    r_star = law["params"]["R*"]
+    return {"available": True, "law_name": dc, "r_star": r_star,
+            "r_star_interval": (law.get("intervals") or {}).get("R*"),
+            "r_star_identified": "R*" not in law["not_identified"], "r_star_published": R_STAR_DEFAULT}
 
 
 def compute_level(p: dict[str, Any]) -> tuple:
@@ -218,24 +513,13 @@ def compute_level(p: dict[str, Any]) -> tuple:
     return (p["steps"], p["N"])
 
 
-def _data_constrained(pts: list[dict[str, Any]], metric: str, fit_cfg: dict[str, Any]) -> dict[str, Any]:
-    mode = fit_cfg["data_constrained"]
-    if mode == "off":
-        return {"available": False, "reason": "switched off (fit.data_constrained: off)"}
-    if mode == "auto" and not any(p["epochs"] > 1 for p in pts):
-        return {"available": False, "reason": "no trial repeats its data (every epochs <= 1)"}
-    if len({p["N"] for p in pts}) > 1:
-        return {"available": False, "reason": "the effective-data law L(D') assumes one model size"}
-    if len(pts) < MIN_POINTS:
-        return {"available": False, "reason": f"{len(pts)} trials; needs at least {MIN_POINTS}"}
-    unique = np.array([p["D"] for p in pts], dtype=float)
-    epochs = np.array([p["epochs"] for p in pts], dtype=float)
-    y = np.array([p["metrics"][metric] for p in pts], dtype=float)
-    law, r_star = fit_data_constrained(unique, epochs, y, r_star=fit_cfg["r_star"])
-    return {"available": True, "r_star": r_star,
-            "r_star_source": "given" if fit_cfg["r_star"] is not None else "fitted (log grid 0.5-200)",
-            "law": _law_dict(law, None, fit_cfg["level"]),
-            "effective_data": effective_data(unique, epochs, r_star).tolist()}
+def at_metric(result: dict[str, Any], which: str) -> dict[str, Any]:
+    """A trial result whose "metrics" are those of its best checkpoint (which = "best", when it has one) or of its
+    last step; the last step's stay under "final_metrics"."""
+    best = result.get("best")
+    chosen = best["metrics"] if which == "best" and best else result["metrics"]
+    return {**result, "metrics": chosen, "final_metrics": result["metrics"],
+            "metric_from": f"best checkpoint (step {best['step']})" if which == "best" and best else "final step"}
 
 
 def analyse_study(study_dir: Path) -> dict[str, Any]:
@@ -247,8 +531,16 @@ def analyse_study(study_dir: Path) -> dict[str, Any]:
     plan = read_plan(study_dir)
     done, failed = load_results(study_dir, plan)
     s = plan["study"]
+    done = [at_metric(r, s.get("metric_at", "final")) for r in done]
+    floor_path = study_dir / "floor.json"
+    floor = read_json(floor_path, "metric floor") if floor_path.exists() else {"value": 0.0, "how": "not measured"}
+    unit = "unique training tokens" if any("tokenizer" in r for r in done) else \
+        "unique training images" if any("params_g" in r for r in done) else "unique training examples"
     analysis = analyse(done, metric=s["metric"], fit_cfg=s["fit"], operating_data_size=plan["operating_data_size"],
-                       operating_flops=s["operating_point"]["flops"], axes=s["axes"])
+                       operating_flops=s["operating_point"]["flops"], axes=s["axes"], floor=float(floor["value"]),
+                       costs=s.get("costs"), unit=unit)
+    analysis["floor_how"] = floor["how"]
+    analysis["metric_at"] = s.get("metric_at", "final")
     analysis["failed"] = failed
     analysis["trials_total"] = len(plan["trials"])
     analysis["summary_metrics"] = {

@@ -57,18 +57,30 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
         check_data_sizes([t], _full_size(fulls[key]), origin)
         data_key[t.id] = key
     full = min(fulls.values(), key=_full_size)
+    counted: dict[str, int] = {}  # counted FLOPs of one step, per distinct model and step shape
+
+    def flops_per_step(t: Trial) -> int:
+        c = t.config
+        key = c.model.model_dump_json() + f"{c.train.batch_size}/{c.train.d_steps}/{c.train.grad_accum}"
+        if key not in counted:
+            counted[key] = _flops_per_step(c, fulls[data_key[t.id]])
+        return counted[key]
+
     if "train.flops" in study.axes:  # a FLOP budget becomes a step count: budget / counted FLOPs of one step
-        counted: dict[str, int] = {}  # one count per distinct model and step shape
         for t in trials:
-            c = t.config
-            key = c.model.model_dump_json() + f"{c.train.batch_size}/{c.train.d_steps}/{c.train.grad_accum}"
-            if key not in counted:
-                counted[key] = _flops_per_step(c, fulls[data_key[t.id]])
-            t.config.train.steps = max(1, round(float(t.axes["train.flops"]) / counted[key]))
-    operating_size = study.operating_point.data_size or _full_size(full)
+            t.config.train.steps = max(1, round(float(t.axes["train.flops"]) / flops_per_step(t)))
+    planned = {t.id: flops_per_step(t) * t.config.train.steps for t in trials}
+    sizes = {t.id: t.config.data.size or _full_size(fulls[data_key[t.id]]) for t in trials}
+    operating_size = study.operating_point.data_size or max(sizes.values())
     if operating_size > _full_size(full):
         raise GenscaleError(f"{origin}: operating_point.data_size {operating_size} is larger than the dataset's "
                             f"{_full_size(full)} training examples")
+    operating_flops = study.operating_point.flops or max(planned.values())
+    check_operating_point(origin, operating_size, operating_flops, list(sizes.values()), list(planned.values()),
+                          study.fit.max_extrapolation)
+    if study.verify:
+        trials += verify_trials(study, trials, planned, operating_size, operating_flops, _full_size(full),
+                                flops_per_step, data_key)
 
     study_dir = out or runs_dir() / "studies" / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if study_dir.exists() and any(study_dir.iterdir()):
@@ -84,12 +96,48 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
     plan = {"name": study.name, "study": study.model_dump(mode="json"), "parent_run_id": parent.run_id,
             "dataset": full.name, "dataset_version": full.version, "full_data_size": _full_size(full),
             "operating_data_size": operating_size,
-            "trials": [{"id": t.id, "axes": t.axes, "config": t.config.model_dump(mode="json")} for t in trials]}
+            "operating_flops": operating_flops,
+            "trials": [{"id": t.id, "axes": t.axes, "config": t.config.model_dump(mode="json"), "role": t.role,
+                        "planned_flops": flops_per_step(t) * t.config.train.steps} for t in trials]}
     _write_json(study_dir / "plan.json", plan)
     parent.log_params({"study": study.model_dump(mode="json")})
     parent.set_tags({"study.folder": str(study_dir.absolute()), "study.trials": len(trials)})
     parent.client.update_run(parent.run_id, status="SCHEDULED")
     return study_dir
+
+
+def check_operating_point(origin: str, d0: float, c0: float, sizes: list[float], flops: list[float], factor: float
+                          ) -> None:
+    """The verdict's operating point (and its 2x) must lie within `factor` of the range the grid observes: a plan whose
+    verdict could only be an extrapolation fails before anything trains."""
+    for name, key, value, seen in (("D0", "operating_point.data_size", d0, sizes),
+                                   ("C0", "operating_point.flops", c0, flops)):
+        lo, hi = min(seen), max(seen)
+        if not (lo / factor <= value and 2 * value <= hi * factor):
+            raise GenscaleError(f"{origin}: {key}: the verdict's {name} = {value:.4g} (and its 2x) lies more than "
+                                f"{factor:g}x outside the {lo:.4g}-{hi:.4g} the trials observe; set {key} inside that "
+                                "range, or add trials that reach it (fit.max_extrapolation sets the factor)")
+
+
+def verify_trials(study: Any, trials: list[Trial], planned: dict[str, float], d0: int, c0: float, full_size: int,
+                  flops_per_step: Any, data_key: dict[str, str]) -> list[Trial]:
+    """`verify: true`: the two trials the verdict is about, 2x data and 2x compute at the operating point, built from
+    the grid's largest-compute trial (its model and settings); kept out of every fit and compared with the prediction.
+    An arm that would need more data than the dataset has is left out (the analysis says so)."""
+    model = max(trials, key=lambda t: planned[t.id])
+    fps = flops_per_step(model)
+    out = []
+    for name, size, flops in (("data2x", 2 * d0, c0), ("compute2x", d0, 2 * c0)):
+        if size > full_size:
+            continue
+        cfg = model.config.model_copy(deep=True)
+        cfg.data.size = size if size < full_size else None
+        cfg.train.steps = max(1, round(flops / fps))
+        trial_id = f"v{len(out):02d}-verify-{name}"
+        cfg.name = f"{study.name}/{trial_id}"
+        out.append(Trial(trial_id, {**model.axes, "verify": name}, cfg, role="verify"))
+        data_key[trial_id] = data_key[model.id]
+    return out
 
 
 def _full_size(data: Any) -> int:
@@ -110,7 +158,8 @@ def _flops_per_step(cfg: RunConfig, data: Any) -> int:
 
 
 def trials_of(plan: dict[str, Any]) -> list[Trial]:
-    return [Trial(t["id"], t["axes"], RunConfig.model_validate(t["config"])) for t in plan["trials"]]
+    return [Trial(t["id"], t["axes"], RunConfig.model_validate(t["config"]), t.get("role", "grid"))
+            for t in plan["trials"]]
 
 
 def trial_status(study_dir: Path, trial_id: str) -> str:
@@ -166,7 +215,7 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
     metrics = json.loads((folder / "metrics.json").read_text())
     cfg = RunConfig.model_validate(entry["config"])
     result = {
-        "trial": trial_id, "axes": entry["axes"], "run_id": tracked_run_id(folder),
+        "trial": trial_id, "axes": entry["axes"], "role": entry.get("role", "grid"), "run_id": tracked_run_id(folder),
         "D": summary["data_size"], "N": summary["params"],
         **{k: summary[k] for k in ("params_g", "params_d", "tokenizer", "vocab_size") if k in summary},
         "C": summary["flops"], "steps": summary["steps"],
@@ -177,25 +226,46 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
         "dataset": summary["dataset"], "dataset_version": summary["dataset_version"],
         "metrics": {k: v["value"] for k, v in metrics.items()},
         "extractor": next(v["extractor"] for v in metrics.values()),
+        "best": _best_of(folder),
     }
     _write_json(folder / "result.json", result)
     return result
 
 
-def prepare_evaluation(trial: Trial) -> None:
+def _best_of(folder: Path) -> dict[str, Any] | None:
+    """The trial's best checkpoint (eval.every): its step, the curve's value and its metrics at the full budget."""
+    path = folder / "best.json"
+    best = read_json(path, "best checkpoint record") if path.exists() else None
+    return best if best and "metrics" in best else None
+
+
+def prepare_evaluation(trial: Trial, study_dir: Path, metric: str) -> None:
     """Train/cache the feature extractor and the reference features (gan), or the tokenizer and the tokenized
-    shards (gpt), once, before trials race to do it."""
+    shards (gpt), once, before trials race to do it; and write floor.json, the lowest value the metric can take at
+    the trials' sample counts (FID: the real-vs-real FID of as many training images as generated samples, against the
+    same test images; a loss: 0), which bounds the laws' irreducible term from below."""
     from genscale.pipeline import load_data
 
     cfg = trial.config
     data = load_data(cfg)
-    if cfg.model.family == "gpt":
-        return
-    from genscale.metrics.evaluate import make_extractor, reference_features
-    from genscale.train.machinery import select_device
+    floor = {"metric": metric, "value": 0.0, "how": "0: a loss or KID has no higher floor that genscale measures"}
+    if cfg.model.family != "gpt":
+        from genscale.data.datasets import nested_subset
+        from genscale.metrics.evaluate import evaluate_images, make_extractor, reference_features
+        from genscale.train.machinery import select_device
 
-    extractor = make_extractor(data, cfg.eval, select_device(cfg.train.device))
-    reference_features(extractor, data, min(cfg.eval.n_samples, len(data.test)), cfg.eval.batch_size)
+        extractor = make_extractor(data, cfg.eval, select_device(cfg.train.device))
+        n = min(cfg.eval.n_samples, len(data.test))
+        reference_features(extractor, data, n, cfg.eval.batch_size)
+        if cfg.eval.every and len(data.val) >= 2:
+            reference_features(extractor, data, min(cfg.eval.every_n_samples, len(data.val)), cfg.eval.batch_size,
+                               split="val")
+        if metric.startswith("fid"):
+            reals = nested_subset(data.full_train, min(cfg.eval.n_samples, len(data.full_train)), seed=1).x
+            value = evaluate_images(reals, data, extractor, cfg.eval, label="training images")[metric]["value"]
+            floor = {"metric": metric, "value": value, "how": f"real-vs-real: {len(reals)} training images vs {n} "
+                     f"test images ({extractor.id})"}
+    _write_json(study_dir / "floor.json", floor)
 
 
 def _start_ray(workers: int, cpus_per_trial: float, gpus_per_trial: float, address: str | None):
@@ -232,7 +302,7 @@ def run_study(study_dir: Path, *, workers: int | None = None, ray_address: str |
     if pending:
         with console.status("preparing the evaluation: feature extractor and reference features, or tokenized "
                             "text (cached after first use)"):
-            prepare_evaluation(pending[0])
+            prepare_evaluation(pending[0], study_dir, plan["study"]["metric"])
         for t in pending:  # a failed trial starts again from its checkpoints
             (study_dir / "trials" / t.id / "error.json").unlink(missing_ok=True)
         _run_on_ray(study_dir, pending, workers, res, ray_address, plan["study"]["metric"])

@@ -33,7 +33,7 @@ FORBIDDEN = {"eval.extractor": "every trial of a study must use one feature extr
 
 
 class OperatingPoint(Strict):
-    data_size: int | None = Field(None, ge=1)  # unique examples D0 of the verdict; None: the full training split
+    data_size: int | None = Field(None, ge=1)  # unique examples D0 of the verdict; None: the grid's largest data size
     flops: float | None = Field(None, gt=0)  # compute budget C0 of the verdict; None: the largest trial's FLOPs
 
 
@@ -41,9 +41,18 @@ class FitConfig(Strict):
     bootstrap: int = Field(200, ge=10)  # refits on resampled trials for the intervals
     level: float = Field(0.9, gt=0, lt=1)  # interval coverage
     max_extrapolation: float = Field(4.0, ge=1)  # predictions at most this factor beyond the observed range
-    data_constrained: Literal["auto", "on", "off"] = "auto"  # Muennighoff et al. 2023 form; auto: if epochs > 1
-    r_star: float | None = Field(None, gt=0)  # R_D* of that form; None: fitted on a grid
+    data_constrained: Literal["auto", "on", "off"] = "auto"  # Muennighoff et al. 2023 surface (R* fitted) as a
+    #                                                          candidate beside L(C, D); auto: if some epochs > 1
     seed: int = 0  # bootstrap resampling seed
+
+
+class Costs(Strict):
+    """Prices of the two arms, in any one currency: the verdict then says what the next `spend` buys."""
+
+    device_hour: float | None = Field(None, gt=0)  # one trial's device (a GPU, or its CPU worker) for an hour
+    per_example: float | None = Field(None, gt=0)  # one more unique training example (text: token)
+    currency: str = ""  # printed after amounts, e.g. EUR
+    spend: float = Field(1000, gt=0)  # the amount the price line spends
 
 
 class Resources(Strict):
@@ -57,9 +66,13 @@ class StudyConfig(Strict):
     run: dict[str, Any] = {}  # run-config keys set on top of `base` (nested, as in a run config)
     axes: dict[str, list[Any]]  # axis -> values; the grid is their product, in this order
     metric: str = "fid_fmnist"  # lower-is-better metric the laws are fitted to
+    metric_at: Literal["best", "final"] = "best"  # best: each trial's best checkpoint of its eval.every curve (as a
+    #                                               practitioner early-stops); final: its last step
     operating_point: OperatingPoint = OperatingPoint()
     fit: FitConfig = FitConfig()
     resources: Resources = Resources()
+    costs: Costs | None = None  # prices of data and device time; None: no price line
+    verify: bool = False  # also run 2x data and 2x compute at the operating point, and compare with the prediction
 
 
 @dataclass
@@ -67,6 +80,7 @@ class Trial:
     id: str
     axes: dict[str, Any]  # axis -> value of this trial
     config: RunConfig
+    role: str = "grid"  # "grid": a point of the axes' product; "verify": a verdict arm run to check its prediction
 
 
 def _slug(value: Any) -> str:
