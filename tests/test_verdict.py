@@ -121,3 +121,22 @@ def test_an_exponent_the_trials_cannot_see_is_not_identified_or_has_a_real_inter
         assert v["decision"] == "not identified"
     else:
         assert v["data_2x"]["interval"] is None or v["data_2x"]["interval"][1] > v["data_2x"]["interval"][0]
+
+
+def test_verify_trials_are_kept_out_of_the_fit_and_compared_with_their_prediction():
+    def true_loss(d: float, steps: int) -> float:
+        s = steps * BATCH
+        return 1.5 + 60 / effective_data(np.array([d]), np.array([s / d]), 4.0)[0] ** 0.35
+
+    grid = data_constrained_world()
+    checks = [{**trial(4000, 16000, true_loss(4000, 16000)), "trial": "v00-verify-data2x", "role": "verify"},
+              {**trial(2000, 32000, 10 * true_loss(2000, 32000)), "trial": "v01-verify-compute2x", "role": "verify"}]
+    kw = {"metric": "loss", "fit_cfg": FIT_CFG, "operating_data_size": 2000,
+          "operating_flops": K * N_PARAMS * 16000 * BATCH}
+    out, alone = analyse(grid + checks, **kw), analyse(grid, **kw)
+    assert out["laws"] == alone["laws"]  # the verify trials are in no fit
+    rows = {r["trial"]: r for r in out["verdict"]["verified"]}
+    assert rows["v00-verify-data2x"]["inside"] and not rows["v01-verify-compute2x"]["inside"]  # 10x off: caught
+    assert rows["v00-verify-data2x"]["predicted"] == pytest.approx(true_loss(4000, 16000), rel=0.02)
+    validation = out["verdict"]["validation"]
+    assert validation["checked"] == len(out["holdout"]["trials"]) + 2

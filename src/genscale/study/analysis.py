@@ -220,17 +220,31 @@ def _within(value: float, lo: float, hi: float, factor: float) -> bool:
     return lo / factor <= value <= hi * factor
 
 
-def _change(s: Surface, base: tuple[float, float], moved: tuple[float, float], level: float) -> dict[str, Any]:
-    """Predicted metric change from `base` to `moved` ((C, D) points), with its interval; an interval of zero width
-    while some parameter sits on a bound in the fit and its refits is "not identified", never [x, x]. (A zero width
-    with every parameter identified is a real zero: e.g. more steps on fully repeated data.)"""
+def _arm_params(law: Law, arm: str) -> tuple[str, ...]:
+    """The parameters a 2x-data or 2x-compute change rests on."""
+    if law.form == "power":
+        axis = "D" if arm == "data" else "C"
+        return (f"A[{axis}]", f"alpha[{axis}]")
+    return ("B", "beta", "R*")
+
+
+def _change(s: Surface, base: tuple[float, float], moved: tuple[float, float], level: float, arm: str
+            ) -> dict[str, Any]:
+    """Predicted metric change from `base` to `moved` ((C, D) points), with its interval. The interval is "not
+    identified", never a sliver like [0, 0] or [0, 6e-6], when it is narrower than 1% of the trials' noise (the fit's
+    log rmse in metric units) while a parameter it rests on sits on a bound: that width is the law's shape, not
+    knowledge. (A narrow interval with its parameters off their bounds is a real finding: e.g. more steps on fully
+    repeated data change nothing.)"""
     def delta(law: Law) -> float:
         return float(s.predict(moved[0], moved[1], law) - s.predict(base[0], base[1], law))
 
     value = delta(s.law)
     values = np.array([delta(b) for b in s.boots])
     lo, hi = interval(values, level)
-    identified = hi - lo > 1e-9 * abs(float(s.predict(*base))) or not s.hidden  # width relative to the metric
+    at = abs(float(s.predict(*base)))
+    noise = at * s.law.rmse_log if math.isfinite(s.law.rmse_log) else 0.0
+    pinned = any(s.law.at_bound.get(p) or p in s.hidden for p in _arm_params(s.law, arm))
+    identified = hi - lo > max(0.01 * noise, 1e-9 * at) or not pinned
     return {"change": value, "interval": [lo, hi] if identified else None, "identified": identified,
             "at": float(s.predict(*base))}
 
@@ -238,7 +252,8 @@ def _change(s: Surface, base: tuple[float, float], moved: tuple[float, float], l
 def _phrase(ch: dict[str, Any], metric: str) -> str:
     word = "lower" if ch["change"] <= 0 else "raise"
     if ch["interval"] is None:
-        return f"{word} {metric} by {_fmt(abs(ch['change']))} (interval not identified: every refit sits on a bound)"
+        return (f"change {metric} by {_fmt(ch['change'])}, not identified (a parameter it rests on sits on a bound, "
+                "so its interval would be narrower than the trials' noise: these trials show no measurable effect)")
     lo, hi = sorted(-v if word == "lower" else v for v in ch["interval"])
     return f"{word} {metric} by {_fmt(abs(ch['change']))} [{_fmt(lo)}, {_fmt(hi)}]"
 
@@ -258,8 +273,8 @@ def verdict(s: Surface, d0: float, c0: float, metric: str, fit_cfg: dict[str, An
     if problems:
         return {"decision": "out of range", "sentence": "No verdict: " + "; ".join(problems) +
                 ". Add trials nearer the operating point or set operating_point in the study.", "D0": d0, "C0": c0}
-    data = _change(s, (c0, d0), (c0, 2 * d0), level)
-    compute = _change(s, (c0, d0), (2 * c0, d0), level)
+    data = _change(s, (c0, d0), (c0, 2 * d0), level, "data")
+    compute = _change(s, (c0, d0), (2 * c0, d0), level, "compute")
     if not (data["identified"] and compute["identified"]):
         decision = "not identified"
     elif data["interval"][1] < compute["interval"][0]:
@@ -275,7 +290,10 @@ def verdict(s: Surface, d0: float, c0: float, metric: str, fit_cfg: dict[str, An
     sentence += {"data": "More data buys more quality here.",
                  "compute": "More compute buys more quality here.",
                  "inconclusive": "Inconclusive: the intervals overlap.",
-                 "not identified": "No decision: an arm's interval is not identified by these trials."}[decision]
+                 "not identified": "No decision: " + " and ".join(
+                     name for name, ch in (("the data arm", data), ("the compute arm", compute))
+                     if not ch["identified"]) + " is not identified by these trials (trials where it matters — "
+                   "longer training, more sizes — would identify it)."}[decision]
     return {"decision": decision, "sentence": sentence, "D0": d0, "C0": c0, "law": s.name, "data_2x": data,
             "compute_2x": compute,
             "gpus_2x": {"note": "not measured: no train.gpus trials were run (data-parallel training is not built "
