@@ -279,3 +279,5 @@ def test_verify_adds_the_two_verdict_arms_at_the_operating_point(tmp_path):
     assert (data2x["config"]["data"]["size"], data2x["config"]["train"]["steps"]) == (128, 12)
     assert (compute2x["config"]["data"]["size"], compute2x["config"]["train"]["steps"]) == (64, 24)
     assert compute2x["planned_flops"] == 2 * grid_flops
+    assert data2x["axes"] == {"data.size": 128, "train.steps": 12, "verify": "data2x"}
+    assert compute2x["axes"] == {"data.size": 64, "train.steps": 24, "verify": "compute2x"}

@@ -129,13 +129,19 @@ def verify_trials(study: Any, trials: list[Trial], planned: dict[str, float], d0
     out = []
     for name, size, flops in (("data2x", 2 * d0, c0), ("compute2x", d0, 2 * c0)):
         if size > full_size:
+            console.print(f"note: verify: the 2x-data trial would need {size} training examples; the dataset has "
+                          f"{full_size}, so only the 2x-compute arm is run", highlight=False)
             continue
         cfg = model.config.model_copy(deep=True)
         cfg.data.size = size if size < full_size else None
         cfg.train.steps = max(1, round(flops / fps))
         trial_id = f"v{len(out):02d}-verify-{name}"
         cfg.name = f"{study.name}/{trial_id}"
-        out.append(Trial(trial_id, {**model.axes, "verify": name}, cfg, role="verify"))
+        axes = {**model.axes, "verify": name}
+        for axis, value in (("data.size", size), ("train.steps", cfg.train.steps), ("train.flops", flops)):
+            if axis in axes:  # the arm's own values, not its model trial's
+                axes[axis] = value
+        out.append(Trial(trial_id, axes, cfg, role="verify"))
         data_key[trial_id] = data_key[model.id]
     return out
 
