@@ -111,8 +111,10 @@ def test_an_exponent_the_trials_cannot_see_is_not_identified_or_has_a_real_inter
     results = [trial(d, steps, (20 + 4e3 / (steps * BATCH) ** 0.5) * math.exp(rng.normal(0, noise)))
                for d in (1000, 4000, 16000) for steps in (100, 400, 1600, 6400)]  # D plays no part
     out = analyse(results, metric="loss", fit_cfg={**FIT_CFG, "data_constrained": "off"}, operating_data_size=4000,
-                  operating_flops=K * N_PARAMS * 6400 * BATCH, floor=0.0)
+                  operating_flops=K * N_PARAMS * 6400 * BATCH, floor=0.0,
+                  costs={"spend": 10.0, "per_example": 0.01, "device_hour": 2.5})
     surface, v = out["laws"]["L(C, D)"], out["verdict"]
+    assert ("The data arm is not identified" in v["price"]["sentence"]) == (v["data_2x"]["interval"] is None)
     for name, ci in surface["intervals"].items():  # a parameter on its bound: None, never a zero-width [b, b]
         assert (ci is None) == (name in surface["not_identified"]), (name, ci)
         assert ci is None or noise == 0 or ci[1] > ci[0], (name, ci)

@@ -486,6 +486,10 @@ def analyse(results: list[dict[str, Any]], *, metric: str, fit_cfg: dict[str, An
         spf = float(np.median([p["train_seconds"] / p["C"] for p in pts]))
         if costs:
             v["price"] = price(s, d0, c0, costs, spf, metric, unit)
+            for arm in ("data", "compute"):
+                if v["price"]["available"] and not v.get(f"{arm}_2x", {}).get("identified", True):
+                    v["price"]["sentence"] += (f" The {arm} arm is not identified by these trials: its figure is the "
+                                               "law's shape, not an estimate.")
         out["verdict"] = v
         if v["decision"] != "out of range":
             out["decision_map"] = decision_map(s, c0, d0)
