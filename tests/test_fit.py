@@ -18,7 +18,6 @@ from genscale.study.fit import (
     _resampled_logy,
     bootstrap,
     effective_data,
-    fit_data_constrained,
     fit_data_constrained_surface,
     fit_power_law,
     interval,
@@ -325,9 +324,6 @@ def test_data_constrained_fit_recovers_r_star():
     unique = np.repeat([500.0, 2000.0, 8000.0], 4)
     epochs = np.tile([1.0, 4.0, 16.0, 64.0], 3)
     y = 2.0 + 300.0 / effective_data(unique, epochs, 8.0) ** 0.5 * np.exp(rng.normal(0, 0.002, len(unique)))
-    law, r_star = fit_data_constrained(unique, epochs, y)
-    assert 5.0 <= r_star <= 12.0
-    assert law.alpha[0] == pytest.approx(0.5, rel=0.1)
     surface = fit_data_constrained_surface(np.column_stack([unique, unique * epochs]), y, ("D", "S"))
     assert surface.r_star == pytest.approx(8.0, rel=0.1) and surface.beta == pytest.approx(0.5, rel=0.05)
 

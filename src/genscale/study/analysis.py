@@ -216,8 +216,9 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2g}"
 
 
-def _within(value: float, lo: float, hi: float, factor: float) -> bool:
-    return lo / factor <= value <= hi * factor
+def within_reach(value: float, lo: float, hi: float, factor: float) -> bool:
+    """A point and its 2x lie within `factor` of the observed range [lo, hi]: what a verdict may predict."""
+    return lo / factor <= value and 2 * value <= hi * factor
 
 
 def _arm_params(law: Law, arm: str) -> tuple[str, ...]:
@@ -264,10 +265,10 @@ def verdict(s: Surface, d0: float, c0: float, metric: str, fit_cfg: dict[str, An
     level, factor = fit_cfg["level"], fit_cfg["max_extrapolation"]
     (c_lo, c_hi), (d_lo, d_hi) = _range(s, "C"), _range(s, "D")
     problems = []
-    if not (_within(d0, d_lo, d_hi, factor) and _within(2 * d0, d_lo, d_hi, factor)):
+    if not within_reach(d0, d_lo, d_hi, factor):
         problems.append(f"D0 = {d0:.0f} (and 2x) lies more than {factor:g}x outside the observed D "
                         f"[{d_lo:.0f}, {d_hi:.0f}]")
-    if not (_within(c0, c_lo, c_hi, factor) and _within(2 * c0, c_lo, c_hi, factor)):
+    if not within_reach(c0, c_lo, c_hi, factor):
         problems.append(f"C0 = {c0:.3g} (and 2x) lies more than {factor:g}x outside the observed C "
                         f"[{c_lo:.3g}, {c_hi:.3g}]")
     if problems:

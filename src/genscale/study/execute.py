@@ -109,11 +109,13 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
 def check_operating_point(origin: str, d0: float, c0: float, sizes: list[float], flops: list[float], factor: float
                           ) -> None:
     """The verdict's operating point (and its 2x) must lie within `factor` of the range the grid observes: a plan whose
-    verdict could only be an extrapolation fails before anything trains."""
+    verdict could only be an extrapolation fails before anything trains (the verdict's own rule, within_reach)."""
+    from genscale.study.analysis import within_reach
+
     for name, key, value, seen in (("D0", "operating_point.data_size", d0, sizes),
                                    ("C0", "operating_point.flops", c0, flops)):
         lo, hi = min(seen), max(seen)
-        if not (lo / factor <= value and 2 * value <= hi * factor):
+        if not within_reach(value, lo, hi, factor):
             raise GenscaleError(f"{origin}: {key}: the verdict's {name} = {value:.4g} (and its 2x) lies more than "
                                 f"{factor:g}x outside the {lo:.4g}-{hi:.4g} the trials observe; set {key} inside that "
                                 "range, or add trials that reach it (fit.max_extrapolation sets the factor)")

@@ -724,18 +724,3 @@ def effective_data(unique: np.ndarray, epochs: np.ndarray, r_star: float | np.nd
     reps = np.maximum(epochs - 1, 0)
     return np.where(epochs < 1, unique * epochs, unique + unique * r_star * (1 - np.exp(-reps / r_star)))
 
-
-def fit_data_constrained(unique: np.ndarray, epochs: np.ndarray, y: np.ndarray, *,
-                         r_star: float | None = None) -> tuple[PowerLaw, float]:
-    """L(D') = E + B/D'^beta with D' the effective data; R* given, or fitted on a log grid (best Huber loss).
-
-    The one-axis law analysis.py reports; `fit_data_constrained_surface` fits R* continuously, with N and S.
-    """
-    candidates = [r_star] if r_star is not None else list(np.geomspace(0.5, 200, 25))
-    best: tuple[PowerLaw, float] | None = None
-    for r in candidates:
-        law = fit_power_law(effective_data(unique, epochs, r)[:, None], y, ("D_eff",))
-        if best is None or law.huber < best[0].huber:
-            best = (law, float(r))
-    assert best is not None
-    return best
