@@ -21,7 +21,7 @@ from _machine import command, machine
 
 from genscale.data.datasets import load_image_data, nested_subset
 from genscale.metrics.evaluate import evaluate_images, generate_images, make_extractor
-from genscale.pipeline import load_generator, load_run
+from genscale.pipeline import load_run, load_sampler
 
 
 def measure(cfg, splits, g, extractor_name: str, n: int) -> dict:
@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     run_dir, cfg = load_run(args.run)
     splits = load_image_data(cfg.data)
-    g, _ = load_generator(run_dir, cfg, torch.device("cpu"))
+    g = load_sampler(run_dir, cfg, torch.device("cpu"))[0].g
     summary = json.loads((run_dir / "summary.json").read_text())
     result = {"command": command(), "machine": machine(), "run": run_dir.name, "config": cfg.name,
               "train_summary": summary,

@@ -214,7 +214,7 @@ def genscale_worker(spec_path: Path) -> None:
     gpt.GptRecipe.step = stamped_step
     run_dir = pipeline.train(cfg, run_dir=Path(spec["run_dir"]))
     summary = json.loads((run_dir / "summary.json").read_text())
-    model, _, _ = pipeline.load_language_model(run_dir, cfg, torch.device("cpu"))
+    model = pipeline.load_sampler(run_dir, cfg, torch.device("cpu"))[0].model
     data = pipeline.load_data(cfg, run_dir)
     generator = torch.Generator().manual_seed(0)
     shape = {"block_size": cfg.model.block_size, "batch_size": cfg.train.batch_size, "iters": spec["eval_iters"],
@@ -265,7 +265,7 @@ def compare(*, nanogpt: Path, overrides: list[str], steps: int, repeats: int, ev
     vocab = data.tokenizer.vocab_size
     shape = {**gpt_preset(m.size), "block_size": m.block_size, "bias": m.bias, "dropout": m.dropout,
              "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr, "min_lr": t.lr * t.min_lr_ratio,
-             "warmup_steps": t.warmup_steps, "betas": list(t.adam_betas("gpt")), "weight_decay": t.weight_decay,
+             "warmup_steps": t.warmup_steps, "betas": list(t.betas), "weight_decay": t.weight_decay,
              "grad_clip": t.grad_clip}
     if steps == t.warmup_steps:  # its get_lr would divide by lr_decay_iters - warmup_iters = 0 at the last iteration
         sys.exit(f"--steps {steps} equals train.warmup_steps: nanoGPT's get_lr divides by zero then; pick another")

@@ -34,8 +34,8 @@ def bare_loop(cfg: RunConfig, x: torch.Tensor, steps: int) -> float:
     """The loop a user writes by hand; returns seconds per step."""
     torch.manual_seed(cfg.train.seed)
     g, d = build_gan(cfg.model.arch, cfg.model.size, z_dim=cfg.model.z_dim, image_shape=tuple(x.shape[1:]))
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.train.lr_g, betas=cfg.train.adam_betas("gan"))
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.train.lr_d, betas=cfg.train.adam_betas("gan"))
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.train.lr_g, betas=cfg.train.betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.train.lr_d, betas=cfg.train.betas)
     ema = make_ema(g, cfg.train.ema_decay)
     bs, z_dim = cfg.train.batch_size, cfg.model.z_dim
     per_epoch = len(x) // bs

@@ -1,10 +1,11 @@
+import json
 from pathlib import Path
 
 import pytest
 
 from genscale.config import RunConfig, load_config
 from genscale.errors import GenscaleError
-from genscale.models import PRESETS
+from genscale.families import family_of
 
 ALL = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 CONFIGS = [p for p in ALL if not p.name.startswith("study-")]
@@ -19,7 +20,7 @@ def test_there_are_shipped_configs():
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert isinstance(cfg, RunConfig)
-    assert cfg.model.size in PRESETS[cfg.model.arch]
+    assert cfg.model.size in family_of(cfg).presets()[cfg.model.arch]
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
@@ -29,7 +30,8 @@ def test_every_shipped_study_expands_and_checks(path):
     study, base = load_study(path)
     trials = expand_grid(study, base, str(path))
     check_metric(study, trials, str(path))
-    assert len(trials) >= 4 and all(t.config.model.size in PRESETS[t.config.model.arch] for t in trials)
+    assert len(trials) >= 4 and all(t.config.model.size in family_of(t.config).presets()[t.config.model.arch]
+                                    for t in trials)
 
 
 def write(tmp_path, text: str) -> Path:
@@ -48,7 +50,7 @@ def test_wrong_type_is_named(tmp_path):
         load_config(write(tmp_path, "train:\n  batch_size: many\n"))
     with pytest.raises(GenscaleError, match=r"key 'model\.arch'"):
         load_config(write(tmp_path, "model:\n  arch: stylegan9\n"))
-    with pytest.raises(GenscaleError, match=r"key 'gate\.fid_fmnist': .*needs 'max' or 'min'"):
+    with pytest.raises(GenscaleError, match=r"key 'gate\.fid_fmnist': .*needs 'max', 'min' or 'max_over_floor'"):
         load_config(write(tmp_path, "gate:\n  fid_fmnist: {}\n"))
 
 
@@ -83,3 +85,50 @@ def test_unknown_model_size_is_a_config_error(tmp_path):
     path = write(tmp_path, "model:\n  family: gpt\n  size: huge\ndata:\n  source: shakespeare\n")
     with pytest.raises(GenscaleError, match=r"key 'model': .*size 'huge' is not a preset of gpt \(choose tiny"):
         load_config(path)
+
+
+def test_settings_of_another_family_are_errors_naming_the_key(tmp_path):
+    """Before: one flat section per kind, so a GAN config with train.grad_accum trained with it silently unread."""
+    with pytest.raises(GenscaleError, match=r"unknown key 'train\.grad_accum' for the gan family \(it is a setting "
+                                            r"of gpt"):
+        load_config(write(tmp_path, "train:\n  grad_accum: 4\n"))
+    with pytest.raises(GenscaleError, match=r"unknown key 'model\.loss' for the gpt family \(it is a setting of gan"):
+        load_config(write(tmp_path, "data: {source: shakespeare}\nmodel: {family: gpt, loss: wgan-gp}\n"))
+    with pytest.raises(GenscaleError, match=r"unknown key 'eval\.iwae_k' for the ddpm family \(it is a setting of "
+                                            r"vae"):
+        load_config(write(tmp_path, "model: {family: ddpm}\neval: {iwae_k: 10}\n"))
+    with pytest.raises(GenscaleError, match=r"key 'model\.family': unknown family 'diffusion' \(choose gan, gpt, vae, "
+                                            r"ddpm\)"):
+        load_config(write(tmp_path, "model: {family: diffusion}\n"))
+
+
+def test_each_family_has_its_own_defaults_and_every_field_is_documented():
+    from genscale.families import FAMILIES
+
+    gan = RunConfig()
+    gpt = RunConfig.model_validate({"data": {"source": "shakespeare"}, "model": {"family": "gpt"}})
+    assert gan.train.betas == (0.5, 0.999) and gpt.train.betas == (0.9, 0.95)  # DCGAN's, GPT-3's
+    assert RunConfig.model_validate({"model": {"family": "ddpm"}}).train.lr == 2e-4  # Ho et al.'s
+    for family in FAMILIES.values():
+        for section in (family.model_config, family.train_config, family.eval_config):
+            undocumented = [k for k, f in section.model_fields.items() if not f.description]
+            assert not undocumented, (section.__name__, undocumented)
+    schema = json.dumps(RunConfig.model_json_schema())
+    assert "classifier-free guidance" in schema and "importance samples" in schema
+
+
+def test_a_run_config_saved_before_per_family_sections_still_loads():
+    """A run folder's config.yaml from before held every family's settings (and train.betas: null); it loads,
+    dropping what its family never read. The same keys in a user's config are errors."""
+    from genscale.config import config_from_dict, saved_config
+
+    old = RunConfig().model_dump(mode="json")
+    old["train"].update({"betas": None, "lr": 1e-3, "grad_accum": 1, "warmup_steps": 100, "compile": False})
+    old["model"].update({"block_size": 256, "init_from": None})
+    old["eval"].update({"val_tokens": 65536, "top_k": None})
+    cfg = saved_config(old, "config.yaml")
+    assert cfg.train.betas == (0.5, 0.999) and cfg.model.z_dim == 100
+    with pytest.raises(GenscaleError, match="unknown key"):
+        config_from_dict(old, "config.yaml")
+    with pytest.raises(GenscaleError, match=r"key 'train\.steps'"):
+        saved_config({**old, "train": {**old["train"], "steps": 0}}, "config.yaml")  # what it keeps is checked

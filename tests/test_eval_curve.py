@@ -16,7 +16,7 @@ from conftest import gpt_config, tiny_config
 from genscale.metrics.evaluate import extract, generate_images, make_extractor, reference_features
 from genscale.metrics.image import feature_moments, fid_from_moments
 from genscale.metrics.text import sequence_nll
-from genscale.pipeline import load_data, load_generator, load_language_model, train
+from genscale.pipeline import load_data, load_sampler, train
 from genscale.tracking import resolve_run_dir
 
 
@@ -67,7 +67,8 @@ def test_curve_scores_the_ema_generator_on_the_validation_split_and_best_gets_fu
     # recompute the best point from its kept checkpoint, independently of the curve's code path
     data = load_data(cfg)
     device = torch.device("cpu")
-    g, step = load_generator(run_dir, cfg, device, folder="best", step=best["step"])
+    sampler, step = load_sampler(run_dir, cfg, device, folder="best", step=best["step"])
+    g = sampler.g
     extractor = make_extractor(data, cfg.eval, device)
     images = generate_images(g, 100, z_dim=cfg.model.z_dim, seed=cfg.train.seed + 2, device=device)
     ref = reference_features(extractor, data, 100, cfg.eval.batch_size, split="val")
@@ -76,7 +77,7 @@ def test_curve_scores_the_ema_generator_on_the_validation_split_and_best_gets_fu
     assert step == best["step"] and best["value"] == pytest.approx(fid, rel=1e-9)
     assert best["value"] == min(v for _, v in curve["points"])
     final = {k: v["value"] for k, v in json.loads((run_dir / "metrics.json").read_text()).items()}
-    assert set(best["metrics"]) == {"fid_fmnist", "kid_fmnist", "is_fmnist"}
+    assert set(best["metrics"]) == {"fid_fmnist", "kid_fmnist", "is_fmnist", "precision_fmnist", "recall_fmnist"}
     if best["step"] == cfg.train.steps:
         assert best["metrics"]["fid_fmnist"] == final["fid_fmnist"]
     else:  # scored at the final budget (200 samples vs the test split), not the curve's
@@ -107,7 +108,8 @@ def test_gpt_curve_is_the_held_out_loss_of_the_kept_checkpoint(tmp_path):
     curve = json.loads((run_dir / "curve.json").read_text())
     assert curve["metric"] == "val_loss" and [s for s, _ in curve["points"]] == [20, 40, 60]
     best = json.loads((run_dir / "best.json").read_text())
-    model, _, step = load_language_model(run_dir, cfg, torch.device("cpu"), folder="best", step=best["step"])
+    sampler, step = load_sampler(run_dir, cfg, torch.device("cpu"), folder="best", step=best["step"])
+    model = sampler.model
     data = load_data(cfg, run_dir)
     nll, n, _ = sequence_nll(model, data.val, block_size=32, max_tokens=500, batch_size=7, device=torch.device("cpu"))
     assert n == 500 and best["value"] == pytest.approx(nll / n, rel=1e-9)

@@ -26,3 +26,16 @@ def test_gate_with_both_bounds_and_missing_metric():
 
 def test_empty_gate_passes():
     assert apply_gate({}, {"fid_fmnist": 1e9}).passed
+
+
+def test_gate_relative_to_the_real_vs_real_floor():
+    """max_over_floor: the same gate means the same on any dataset (a 13.6 FID on a 3-class folder of shapes
+    passes `fid_fmnist <= 40` though its floor may be 0.5)."""
+    gate = {"fid_fmnist": Threshold(max_over_floor=3)}
+    assert apply_gate(gate, {"fid_fmnist": 13.6}, {"fid_fmnist": 5.0}).passed
+    failed = apply_gate(gate, {"fid_fmnist": 13.6}, {"fid_fmnist": 0.5})
+    assert not failed.passed and failed.reasons == ("fid_fmnist = 13.6 violates <= 3 x its floor 0.5",)
+    no_floor = apply_gate({"val_loss": Threshold(max_over_floor=2)}, {"val_loss": 1.0})
+    assert not no_floor.passed and "needs the metric's real-vs-real floor" in no_floor.reasons[0]
+    both = {"fid_fmnist": Threshold(max=10, max_over_floor=3)}
+    assert not apply_gate(both, {"fid_fmnist": 12.0}, {"fid_fmnist": 5.0}).passed  # both bounds must hold

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from conftest import gpt_config
 from genscale.cli import app
 from genscale.errors import GenscaleError
+from genscale.families.gpt import init_run_dir
 from genscale.metrics.text import TEXT_METRICS
-from genscale.pipeline import init_run_dir, load_data, train
+from genscale.pipeline import load_data, train
 from genscale.tracking import resolve_run_dir
 from genscale.train import gpt as gpt_module
 from genscale.train.checkpoint import latest_step
@@ -211,4 +212,4 @@ def test_eval_n_sets_the_generated_text_samples(corpus):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["bleu"]["n_gen"] == 3 and metrics["self_bleu"]["n_gen"] == 3
     result = CliRunner().invoke(app, ["eval", str(run_dir), "--extractor", "inception"])
-    assert result.exit_code == 1 and "--extractor applies to image (gan) runs" in result.output
+    assert result.exit_code == 1 and "--extractor applies to image runs" in result.output

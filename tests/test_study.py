@@ -87,7 +87,7 @@ def test_flops_axis_resolves_to_steps_from_counted_flops(tmp_path):
     ({"metric": "bleu"}, "metric 'bleu' is not produced"),
     ({"metric": "fid"}, "metric 'fid' is not produced"),  # the inception name, with the classifier extractor
     ({"metric": "is_fmnist"}, "not a lower-is-better"),
-    ({"axes": {"init_from": ["a", "b"]}}, "built for the gpt family only"),
+    ({"axes": {"init_from": ["a", "b"]}}, "unknown key 'model.init_from' for the gan family (it is a setting of gpt"),
     ({"axes": {"eval.extractor": ["inception", "fmnist-classifier"]}}, "cannot vary"),
     ({"axes": {"data.size": ["many"]}}, "key 'data.size'"),
     ({"axes": {"train.steps": [1], "train.flops": [1e9]}}, "not both"),

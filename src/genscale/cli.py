@@ -113,12 +113,14 @@ def data_info(name: Annotated[str, typer.Argument(help="fashion-mnist, shakespea
     from genscale.data.builtin import BUILTIN_IMAGE_DATASETS
     from genscale.data.corpora import BUILTIN_TEXT_CORPORA
     from genscale.data.store import list_names, load_version
+    from genscale.families import FAMILIES, family_of
     from genscale.pipeline import load_data
 
     if name.endswith((".yaml", ".yml")):
         cfg = load_config(name)
     elif name in BUILTIN_IMAGE_DATASETS + BUILTIN_TEXT_CORPORA and name not in list_names():
-        family = "gpt" if name in BUILTIN_TEXT_CORPORA else "gan"
+        kind = "text" if name in BUILTIN_TEXT_CORPORA else "image"
+        family = next(f.name for f in FAMILIES.values() if f.data_kind == kind)
         cfg = RunConfig.model_validate({"data": {"source": name}, "model": {"family": family}})
     else:
         v = load_version(name)
@@ -126,7 +128,7 @@ def data_info(name: Annotated[str, typer.Argument(help="fashion-mnist, shakespea
                                                      "eval_basis", "operation", "created")}, indent=1))
         return
     d = load_data(cfg)
-    if cfg.model.family == "gpt":
+    if family_of(cfg).data_kind == "text":
         out.print(json.dumps({"name": d.name, "version": d.version, "tokenizer": d.tokenizer.kind,
                               "vocab_size": d.tokenizer.vocab_size, "train_tokens": len(d.train_full),
                               "train_tokens_used": len(d.train), "val_tokens": len(d.val),
@@ -285,7 +287,8 @@ def eval_(run: Annotated[str, typer.Argument(help="run id, unique prefix, or fol
           n: Annotated[int | None, typer.Option("--n", help="generated samples (images: for FID/KID/IS; text: "
                                                       "prompts continued for BLEU and samples for self-BLEU)")
                        ] = None):
-    """Compute FID/KID (and IS) of a run's EMA generator against the test split, then apply the gate."""
+    """Score a run's newest checkpoint on held-out data (images: FID/KID/IS, precision/recall against the test split;
+    text: loss, perplexity, BLEU), then apply the gate."""
     from genscale.pipeline import evaluate_run, print_results
 
     if extractor not in (None, "fmnist-classifier", "inception"):
@@ -303,13 +306,18 @@ def sample(run: Annotated[str, typer.Argument(help="run id, unique prefix, or fo
                                                        "(default grid.png); text: a JSONL file, one sample a line")
                              ] = None,
            seed: Annotated[int, typer.Option(help="noise / sampling seed")] = 1234,
+           set_: Annotated[list[str] | None, typer.Option("--set", help="images: a sampling setting of the run's "
+                                                          "eval section, e.g. eval.sampling_steps=20 (ddpm)")
+                           ] = None,
            prompt: Annotated[str, typer.Option(help="text: the start of every sample (empty: a new document)")] = "",
            max_new_tokens: Annotated[int, typer.Option(help="text: tokens to generate per sample")] = 200,
            temperature: Annotated[float, typer.Option(help="text: softmax temperature; 0 is greedy")] = 0.8,
            top_k: Annotated[int | None, typer.Option(help="text: sample from the k most likely tokens")] = None,
            top_p: Annotated[float | None, typer.Option(help="text: nucleus sampling mass (0, 1]")] = None):
-    """Samples of a run: an image grid from a gan run's EMA generator, or text continuations of --prompt from a
-    gpt run."""
+    """Samples of a run: an image grid from an image run's sampler (a GAN's EMA generator, a VAE's decoder, a
+    diffusion model's UNet and scheduler), or text continuations of --prompt from a gpt run."""
+    from genscale.config import parse_override
+    from genscale.families import family_of
     from genscale.pipeline import load_run, sample_run, sample_texts
 
     _, cfg = load_run(run)
@@ -319,12 +327,21 @@ def sample(run: Annotated[str, typer.Argument(help="run id, unique prefix, or fo
         raise GenscaleError(f"-n {n} / --top-k {top_k} / --top-p {top_p} / --temperature {temperature} / "
                             f"--max-new-tokens {max_new_tokens}: n >= 1, top-k >= 1, top-p in (0, 1], "
                             "temperature >= 0, max-new-tokens >= 1")
-    if cfg.model.family == "gan":  # sample_run checks its grid path; the text samples are written here
+    settings = {}
+    for item in set_ or []:
+        path, value = parse_override(item)
+        if path[0] != "eval":
+            raise GenscaleError(f"--set {item}: sampling settings live in the eval section (eval.KEY=VALUE)")
+        settings[".".join(path)] = value
+    if family_of(cfg).data_kind == "image":  # sample_run checks its grid path; the text samples are written here
         if text_options:
             raise GenscaleError("sample: --prompt, --max-new-tokens, --temperature, --top-k and --top-p apply to "
                                 "text (gpt) runs; this is an image run")
-        out.print(f"wrote {sample_run(run, n=n or 64, out=output or Path('grid.png'), seed=seed)}")
+        out.print(f"wrote {sample_run(run, n=n or 64, out=output or Path('grid.png'), seed=seed, settings=settings)}")
         return
+    if settings:
+        raise GenscaleError("sample: --set applies to image runs; a text run's decoding is set by --temperature, "
+                            "--top-k and --top-p")
     if output is not None:
         from genscale.paths import check_output_file
 
@@ -360,6 +377,47 @@ def runs(limit: Annotated[int, typer.Option(help="rows to show")] = 20,
                       f"{m['flops']:.3g}" if "flops" in m else "-",
                       " ".join(f"{k}={v:.3g}" for k, v in sorted(shown.items())) or "-", t.get("gate", "-"))
     (out if out.is_terminal else Console(width=250)).print(table)  # piped: do not squeeze to 80 columns
+
+
+@app.command()
+@friendly
+def settings(family: Annotated[str, typer.Argument(help="model family: gan, gpt, vae or ddpm")] = "gan",
+             schema: Annotated[bool, typer.Option("--json", help="print the JSON schema of a run config (every "
+                                                          "family) instead")] = False):
+    """Every run-config key of a family with its default and what it is for (the family selects the model, train
+    and eval sections; data, gate and tracking are shared)."""
+    from pydantic import BaseModel
+
+    from genscale.config import RunConfig
+    from genscale.families import FAMILIES
+    from genscale.sections import DataConfig, TrackingConfig
+
+    if schema:
+        out.print_json(json.dumps(RunConfig.model_json_schema()))
+        return
+    if family not in FAMILIES:
+        raise GenscaleError(f"settings: unknown family '{family}' (choose {', '.join(FAMILIES)})")
+    f = FAMILIES[family]
+    table = Table("key", "default", "what it is for", show_lines=False)
+
+    def rows(prefix: str, section: type[BaseModel]) -> None:
+        for name, field in section.model_fields.items():
+            if field.exclude:
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                rows(f"{prefix}.{name}", type(default))
+                continue
+            table.add_row(f"{prefix}.{name}", json.dumps(default), field.description or "")
+
+    for prefix, section in (("data", DataConfig), ("model", f.model_config), ("train", f.train_config),
+                            ("eval", f.eval_config), ("tracking", TrackingConfig)):
+        rows(prefix, section)
+    table.add_row("gate.METRIC", "{}", "bound on a metric: max, min, or max_over_floor (times its real-vs-real "
+                  "floor); metrics of this family: " + ", ".join(sorted(f.produced_metrics(RunConfig.model_validate(
+                      {"model": {"family": family}, "data": {"source": "fashion-mnist" if f.data_kind == "image"
+                                                            else "shakespeare"}})))))
+    (out if out.is_terminal else Console(width=200)).print(table)
 
 
 def _finish_study(analysis: dict, study_dir: Path) -> None:

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save
 
-from genscale.config import ClassifierConfig
 from genscale.data.datasets import DataSplits, nested_subset
 from genscale.errors import GenscaleError
+from genscale.families.image import ClassifierConfig
 from genscale.paths import atomic_write_bytes, cache_dir
 from genscale.ui import progress
 

@@ -1,7 +1,8 @@
-"""Evaluate image sets and generators against the held-out test split.
+"""Evaluate image sets against the held-out test split.
 
 Reference features of the test split are extracted once per (extractor, dataset version, count) and
-cached. Every metric is stored with the extractor that produced it and the sample counts.
+cached. Every metric is stored with the extractor that produced it, the sample counts, and (FID, KID) its
+real-vs-real floor: the same metric of as many training images against the same test images.
 """
 
 from __future__ import annotations
@@ -12,18 +13,20 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from genscale.config import EvalConfig, RunConfig
 from genscale.data.datasets import DataSplits, nested_subset
+from genscale.families.image import ImageEvalConfig
 from genscale.metrics.image import (
     KEY_FID,
     KEY_IS,
     KEY_KID,
+    KEY_PRECISION,
+    KEY_RECALL,
     feature_moments,
     fid_from_moments,
     inception_score_from_logits,
     kid_from_features,
+    precision_recall,
 )
-from genscale.metrics.text import KEY_PPL, KEY_PPL_CHAR, KEY_VAL_LOSS, KEY_VAL_LOSS_CHAR, TEXT_METRICS
 from genscale.paths import atomic_write_bytes, cache_dir
 from genscale.ui import progress
 
@@ -36,22 +39,16 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
-# Metric names each extractor produces (the inception extractor has no class logits, hence no IS).
-EXTRACTOR_METRICS = {"fmnist-classifier": (KEY_FID + "_fmnist", KEY_KID + "_fmnist", KEY_IS + "_fmnist"),
-                     "inception": (KEY_FID, KEY_KID)}
-# Quality metrics where lower is better: the ones a scaling law can be fitted to.
-LOWER_IS_BETTER = (KEY_FID, KEY_KID, KEY_FID + "_fmnist", KEY_KID + "_fmnist", KEY_VAL_LOSS, KEY_PPL, KEY_PPL_CHAR,
-                   KEY_VAL_LOSS_CHAR)
+def _metrics_of(suffix: str, logits: bool) -> dict[str, str]:
+    names = {KEY_FID: "lower", KEY_KID: "lower", KEY_PRECISION: "higher", KEY_RECALL: "higher"}
+    return {k + suffix: v for k, v in {**names, **({KEY_IS: "higher"} if logits else {})}.items()}
 
 
-def produced_metrics(cfg: RunConfig) -> set[str]:
-    """Names of the metrics a run with this config records at the end of training."""
-    if cfg.model.family == "gpt":
-        return set(TEXT_METRICS)
-    return set(EXTRACTOR_METRICS[cfg.eval.extractor])
+# Metric names each extractor produces, with their direction (the inception extractor has no class logits: no IS).
+EXTRACTOR_METRICS = {"fmnist-classifier": _metrics_of("_fmnist", logits=True), "inception": _metrics_of("", False)}
 
 
-def make_extractor(splits: DataSplits, cfg: EvalConfig, device: torch.device) -> FeatureExtractor:
+def make_extractor(splits: DataSplits, cfg: ImageEvalConfig, device: torch.device) -> FeatureExtractor:
     if cfg.extractor == "inception":
         from genscale.metrics.inception import InceptionExtractor
 
@@ -78,7 +75,8 @@ def extract(extractor: FeatureExtractor, images: torch.Tensor, batch_size: int, 
 
 def reference_features(extractor: FeatureExtractor, splits: DataSplits, n: int, batch_size: int,
                        split: str = "test") -> np.ndarray:
-    """Features of a class-balanced subset of n images of the test (or val) split (nested across n), cached."""
+    """Features of a class-balanced subset of n images of the test (or val, or full_train) split (nested across n),
+    cached."""
     safe_id = extractor.id.replace(":", "-")
     # versions derived by clean/corrupt keep their basis's test split, so they share its cached features; a val
     # split is the version's own
@@ -94,21 +92,48 @@ def reference_features(extractor: FeatureExtractor, splits: DataSplits, n: int, 
     return feats
 
 
-def evaluate_images(images: torch.Tensor, splits: DataSplits, extractor: FeatureExtractor, cfg: EvalConfig,
+def metrics_from_features(feats: np.ndarray, logits: np.ndarray | None, ref: np.ndarray, cfg: ImageEvalConfig,
+                          suffix: str) -> dict[str, float]:
+    """FID, KID (+ its std), improved precision/recall (k = eval.pr_k) and IS (with logits) of features vs ref."""
+    kid, kid_std = kid_from_features(feats, ref, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size)
+    precision, recall = precision_recall(ref, feats, k=min(cfg.pr_k, len(ref) - 1, len(feats) - 1))
+    out = {KEY_FID + suffix: fid_from_moments(*feature_moments(feats), *feature_moments(ref)),
+           KEY_KID + suffix: kid, KEY_KID + suffix + "_std": kid_std,
+           KEY_PRECISION + suffix: precision, KEY_RECALL + suffix: recall}
+    if logits is not None:
+        out[KEY_IS + suffix] = inception_score_from_logits(logits)
+    return out
+
+
+def real_floor(extractor: FeatureExtractor, splits: DataSplits, cfg: ImageEvalConfig) -> dict[str, dict]:
+    """FID and KID of real images: min(eval.n_samples, train size) training images (a nested subset, features
+    cached) against the same test images the generated samples meet. No model scores below it on average at these
+    counts, so it is the floor a gate (max_over_floor) and a scaling law's irreducible term stand on."""
+    n_ref = min(cfg.n_samples, len(splits.test))
+    n = min(cfg.n_samples, len(splits.full_train))
+    ref = reference_features(extractor, splits, n_ref, cfg.batch_size)
+    reals = reference_features(extractor, splits, n, cfg.batch_size, split="full_train")
+    values = metrics_from_features(reals, None, ref, cfg, extractor.metric_suffix)
+    how = f"real-vs-real: {n} training images vs {n_ref} test images ({extractor.id})"
+    return {k: {"value": values[k], "how": how} for k in (KEY_FID + extractor.metric_suffix,
+                                                          KEY_KID + extractor.metric_suffix)}
+
+
+def evaluate_images(images: torch.Tensor, splits: DataSplits, extractor: FeatureExtractor, cfg: ImageEvalConfig,
                     label: str = "generated") -> dict[str, dict]:
-    """FID, KID (and IS when the extractor has logits) of uint8 images (N, C, H, W) vs the test split."""
+    """FID, KID, precision/recall (and IS when the extractor has logits) of uint8 images (N, C, H, W) vs the test
+    split; FID and KID carry their real-vs-real floor (real_floor)."""
     n_ref = min(cfg.n_samples, len(splits.test))
     ref = reference_features(extractor, splits, n_ref, cfg.batch_size)
     feats, logits = extract(extractor, images, cfg.batch_size, f"{label} ({len(images)})")
     s = extractor.metric_suffix
+    values = metrics_from_features(feats, logits, ref, cfg, s)
+    floors = real_floor(extractor, splits, cfg)
     common = {"extractor": extractor.id, "n_gen": len(images), "n_ref": n_ref}
-    kid, kid_std = kid_from_features(feats, ref, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size)
-    out = {
-        KEY_FID + s: {"value": fid_from_moments(*feature_moments(feats), *feature_moments(ref)), **common},
-        KEY_KID + s: {"value": kid, "std": kid_std, **common},
-    }
-    if logits is not None:
-        out[KEY_IS + s] = {"value": inception_score_from_logits(logits), **common}
+    out = {name: {"value": values[name], **common} for name in EXTRACTOR_METRICS[cfg.extractor]}
+    out[KEY_KID + s]["std"] = values[KEY_KID + s + "_std"]
+    for name, floor in floors.items():
+        out[name]["floor"] = floor["value"]
     return out
 
 

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from sacrebleu.metrics.bleu import BLEU
 
-from genscale.config import EvalConfig
 from genscale.data.tokens import TextData
 from genscale.errors import GenscaleError
+from genscale.families.gpt import GptEvalConfig as EvalConfig
 from genscale.ui import console
 
 KEY_VAL_LOSS = "val_loss"  # mean NLL per predicted token, nats
@@ -28,9 +28,10 @@ KEY_BLEU = "bleu"  # corpus BLEU of continuations against the held-out text, 0-1
 KEY_SELF_BLEU = "self_bleu"  # 0-100, higher = samples more alike
 KEY_DISTINCT = "distinct_{n}"  # .format(n=1) -> "distinct_1"
 DISTINCT_NS = (1, 2)
-# every metric evaluate_text records
-TEXT_METRICS = (KEY_VAL_LOSS, KEY_PPL, KEY_VAL_LOSS_CHAR, KEY_PPL_CHAR, KEY_BLEU, KEY_SELF_BLEU,
-                *(KEY_DISTINCT.format(n=n) for n in DISTINCT_NS))
+# every metric evaluate_text records, with its direction (self-BLEU: lower is more diverse, not better quality)
+TEXT_METRICS = {KEY_VAL_LOSS: "lower", KEY_PPL: "lower", KEY_VAL_LOSS_CHAR: "lower", KEY_PPL_CHAR: "lower",
+                KEY_BLEU: "higher", KEY_SELF_BLEU: "neither",
+                **{KEY_DISTINCT.format(n=n): "higher" for n in DISTINCT_NS}}
 
 _LOGSOFTMAX_CHUNK_ELEMENTS = 2**24  # float64 log-softmax in row chunks of at most this many logits (128 MiB)
 

@@ -21,8 +21,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from genscale.config import RunConfig
+from genscale.config import saved_config
 from genscale.errors import GenscaleError
+from genscale.families import family_of
+from genscale.families.image import KEY_SAMPLING_SECONDS
 from genscale.paths import atomic_write_bytes, cache_dir, read_json, runs_dir
 from genscale.study.spec import Trial, check_data_sizes, check_metric, expand_grid, load_study
 from genscale.ui import console, progress
@@ -48,38 +50,41 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
     trials = expand_grid(study, base, origin)
     check_metric(study, trials, origin)
     fulls: dict[str, Any] = {}  # one load per distinct data source (raw and cleaned, tokenizers); all cached
+    full_sizes: dict[str, int] = {}  # its unique training examples before data.size cuts them
     data_key: dict[str, str] = {}  # trial id -> its key in fulls
     for t in trials:
         whole = t.config.model_copy(update={"data": t.config.data.model_copy(update={"size": None, "augment": "none"})})
-        key = whole.data.model_dump_json() + str(whole.model.family) + str(whole.model.init_from)
+        key = whole.data.model_dump_json() + whole.model.family + str(getattr(whole.model, "init_from", None))
         if key not in fulls:
             fulls[key] = load_data(whole)
-        check_data_sizes([t], _full_size(fulls[key]), origin)
+            full_sizes[key] = family_of(whole).full_size(fulls[key])
+        check_data_sizes([t], full_sizes[key], origin)
         data_key[t.id] = key
-    full = min(fulls.values(), key=_full_size)
+    smallest = min(full_sizes, key=full_sizes.__getitem__)
+    full, full_size = fulls[smallest], full_sizes[smallest]
     counted: dict[str, int] = {}  # counted FLOPs of one step, per distinct model and step shape
 
     def flops_per_step(t: Trial) -> int:
         c = t.config
-        key = c.model.model_dump_json() + f"{c.train.batch_size}/{c.train.d_steps}/{c.train.grad_accum}"
+        key = c.model.model_dump_json() + c.train.model_dump_json(exclude={"steps", "seed"})
         if key not in counted:
-            counted[key] = _flops_per_step(c, fulls[data_key[t.id]])
+            counted[key] = family_of(c).flops_per_step(c, fulls[data_key[t.id]])
         return counted[key]
 
     if "train.flops" in study.axes:  # a FLOP budget becomes a step count: budget / counted FLOPs of one step
         for t in trials:
             t.config.train.steps = max(1, round(float(t.axes["train.flops"]) / flops_per_step(t)))
     planned = {t.id: flops_per_step(t) * t.config.train.steps for t in trials}
-    sizes = {t.id: t.config.data.size or _full_size(fulls[data_key[t.id]]) for t in trials}
+    sizes = {t.id: t.config.data.size or full_sizes[data_key[t.id]] for t in trials}
     operating_size = study.operating_point.data_size or max(sizes.values())
-    if operating_size > _full_size(full):
+    if operating_size > full_size:
         raise GenscaleError(f"{origin}: operating_point.data_size {operating_size} is larger than the dataset's "
-                            f"{_full_size(full)} training examples")
+                            f"{full_size} training examples")
     operating_flops = study.operating_point.flops or max(planned.values())
     check_operating_point(origin, operating_size, operating_flops, list(sizes.values()), list(planned.values()),
                           study.fit.max_extrapolation)
     if study.verify:
-        trials += verify_trials(study, trials, planned, operating_size, operating_flops, _full_size(full),
+        trials += verify_trials(study, trials, planned, operating_size, operating_flops, full_size,
                                 flops_per_step, data_key)
 
     study_dir = out or runs_dir() / "studies" / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -94,7 +99,7 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
     (study_dir / "trials").mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(Path(path).read_text())
     plan = {"name": study.name, "study": study.model_dump(mode="json"), "parent_run_id": parent.run_id,
-            "dataset": full.name, "dataset_version": full.version, "full_data_size": _full_size(full),
+            "dataset": full.name, "dataset_version": full.version, "full_data_size": full_size,
             "operating_data_size": operating_size,
             "operating_flops": operating_flops,
             "trials": [{"id": t.id, "axes": t.axes, "config": t.config.model_dump(mode="json"), "role": t.role,
@@ -148,25 +153,8 @@ def verify_trials(study: Any, trials: list[Trial], planned: dict[str, float], d0
     return out
 
 
-def _full_size(data: Any) -> int:
-    """Unique training examples before `data.size` cuts them: images, or tokens for text."""
-    from genscale.data.tokens import TextData
-
-    return len(data.train_full) if isinstance(data, TextData) else len(data.full_train)
-
-
-def _flops_per_step(cfg: RunConfig, data: Any) -> int:
-    if cfg.model.family == "gpt":
-        from genscale.train.gpt import gpt_flops_per_step
-
-        return gpt_flops_per_step(cfg, data.tokenizer.vocab_size)
-    from genscale.train.gan import gan_flops_per_step
-
-    return gan_flops_per_step(cfg, data.image_shape)
-
-
 def trials_of(plan: dict[str, Any]) -> list[Trial]:
-    return [Trial(t["id"], t["axes"], RunConfig.model_validate(t["config"]), t.get("role", "grid"))
+    return [Trial(t["id"], t["axes"], saved_config(t["config"], f"plan.json trial {t['id']}"), t.get("role", "grid"))
             for t in plan["trials"]]
 
 
@@ -208,7 +196,7 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
         if (folder / "config.yaml").exists():
             train(resume=str(folder))
         else:
-            cfg = RunConfig.model_validate(entry["config"])
+            cfg = saved_config(entry["config"], f"plan.json trial {trial_id}")
             train(cfg, run_dir=folder, tags={"mlflow.parentRunId": plan["parent_run_id"],
                                              "genscale.study": plan["name"], "genscale.trial": trial_id})
     except (KeyboardInterrupt, SystemExit):
@@ -221,19 +209,19 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
         return error
     summary = json.loads((folder / "summary.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
-    cfg = RunConfig.model_validate(entry["config"])
     result = {
         "trial": trial_id, "axes": entry["axes"], "role": entry.get("role", "grid"), "run_id": tracked_run_id(folder),
-        "D": summary["data_size"], "N": summary["params"],
-        **{k: summary[k] for k in ("params_g", "params_d", "tokenizer", "vocab_size") if k in summary},
+        "family": summary["family"], "D": summary["data_size"], "N": summary["params"],
+        **{k: summary[k] for k in ("params_g", "params_d", "tokenizer", "vocab_size", "latent_dim",
+                                   "sampling_steps", "sampling_flops_per_image") if k in summary},
         "C": summary["flops"], "steps": summary["steps"],
-        "examples_seen": summary["steps"] * (summary["tokens_per_step"] if "tokens_per_step" in summary
-                                             else cfg.train.batch_size * cfg.train.d_steps),
+        "examples_seen": summary["steps"] * summary["examples_per_step"],
         "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
         "wall_seconds": time.time() - started, "device": summary["device"],
         "dataset": summary["dataset"], "dataset_version": summary["dataset_version"],
-        "metrics": {k: v["value"] for k, v in metrics.items()},
-        "extractor": next(v["extractor"] for v in metrics.values()),
+        "metrics": {k: v["value"] for k, v in metrics.items() if k != KEY_SAMPLING_SECONDS},  # a time varies by run
+        KEY_SAMPLING_SECONDS: metrics.get(KEY_SAMPLING_SECONDS, {}).get("value"),
+        "extractor": next(v["extractor"] for v in metrics.values() if "extractor" in v),
         "best": _best_of(folder),
     }
     _write_json(folder / "result.json", result)
@@ -248,32 +236,14 @@ def _best_of(folder: Path) -> dict[str, Any] | None:
 
 
 def prepare_evaluation(trial: Trial, study_dir: Path, metric: str) -> None:
-    """Train/cache the feature extractor and the reference features (gan), or the tokenizer and the tokenized
-    shards (gpt), once, before trials race to do it; and write floor.json, the lowest value the metric can take at
-    the trials' sample counts (FID: the real-vs-real FID of as many training images as generated samples, against the
-    same test images; a loss: 0), which bounds the laws' irreducible term from below."""
+    """Prepare and cache what evaluation needs, once, before trials race to do it (the feature extractor and the
+    reference features, or the tokenizer and the tokenized shards), and write floor.json: the lowest value the metric
+    can take at the trials' sample counts (FID: the real-vs-real FID of as many training images as generated samples,
+    against the same test images; a loss: 0), which bounds the laws' irreducible term from below."""
     from genscale.pipeline import load_data
 
     cfg = trial.config
-    data = load_data(cfg)
-    floor = {"metric": metric, "value": 0.0, "how": "0: a loss or KID has no higher floor that genscale measures"}
-    if cfg.model.family != "gpt":
-        from genscale.data.datasets import nested_subset
-        from genscale.metrics.evaluate import evaluate_images, make_extractor, reference_features
-        from genscale.train.machinery import select_device
-
-        extractor = make_extractor(data, cfg.eval, select_device(cfg.train.device))
-        n = min(cfg.eval.n_samples, len(data.test))
-        reference_features(extractor, data, n, cfg.eval.batch_size)
-        if cfg.eval.every and len(data.val) >= 2:
-            reference_features(extractor, data, min(cfg.eval.every_n_samples, len(data.val)), cfg.eval.batch_size,
-                               split="val")
-        if metric.startswith("fid"):
-            reals = nested_subset(data.full_train, min(cfg.eval.n_samples, len(data.full_train)), seed=1).x
-            value = evaluate_images(reals, data, extractor, cfg.eval, label="training images")[metric]["value"]
-            floor = {"metric": metric, "value": value, "how": f"real-vs-real: {len(reals)} training images vs {n} "
-                     f"test images ({extractor.id})"}
-    _write_json(study_dir / "floor.json", floor)
+    _write_json(study_dir / "floor.json", family_of(cfg).floor(cfg, load_data(cfg), metric))
 
 
 def _start_ray(workers: int, cpus_per_trial: float, gpus_per_trial: float, address: str | None):

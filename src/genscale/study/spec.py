@@ -15,15 +15,17 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from genscale.config import RunConfig, Strict, _format_error, read_yaml_mapping, set_nested
+from genscale.config import SECTIONS, RunConfig, Strict, _format_error, read_yaml_mapping, set_nested
 from genscale.errors import GenscaleError
-from genscale.metrics.evaluate import LOWER_IS_BETTER, produced_metrics
+from genscale.families import FAMILIES, family_of
 
 # Axes with a meaning beyond "set this config key"; any other run-config key (e.g. train.lr_d) is an axis too.
 ALIASES = {"seed": "train.seed", "init_from": "model.init_from"}
 # Axes the laws are fitted over; every other axis (data.clean, data.augment, train.lr_d, ...) is a treatment that
 # is compared value against value, paired over trials equal in every other axis.
 SCALING_AXES = ("data.size", "model.size", "train.steps", "train.flops", "seed")
+# Axes whose values are different models: the laws are fitted to each value's trials separately, drawn on one plot.
+GROUP_AXES = ("model.family", "model.arch")
 NOT_BUILT = {
     "train.gpus": "data-parallel training (DDP) is not built yet; each trial uses one device",
 }
@@ -65,6 +67,10 @@ class StudyConfig(Strict):
     base: str | None = None  # run config YAML the trials start from, relative to the study file
     run: dict[str, Any] = {}  # run-config keys set on top of `base` (nested, as in a run config)
     axes: dict[str, list[Any]]  # axis -> values; the grid is their product, in this order
+    family_settings: dict[str, dict[str, Any]] = Field(
+        {}, description="model.family -> run-config keys (nested) set on that family's trials after the axes, e.g. "
+        "{gan: {train: {lr_g: 2e-4}}, ddpm: {eval: {sampling_steps: 50}}}: a study over model.family gives each "
+        "family its own settings")
     metric: str = "fid_fmnist"  # lower-is-better metric the laws are fitted to
     metric_at: Literal["best", "final"] = "best"  # best: each trial's best checkpoint of its eval.every curve (as a
     #                                               practitioner early-stops); final: its last step
@@ -91,13 +97,19 @@ def _slug(value: Any) -> str:
 
 
 def _known_key(key: str) -> bool:
-    model: Any = RunConfig
-    for part in key.split("."):
-        fields = getattr(model, "model_fields", None)
-        if not fields or part not in fields:
-            return False
-        model = fields[part].annotation
-    return True
+    """A run-config key of some family (model/train/eval sections differ by family)."""
+    parts = key.split(".")
+    roots: list[Any] = [getattr(f, f"{parts[0]}_config") for f in FAMILIES.values()] if parts[0] in SECTIONS \
+        else [RunConfig]
+    for model in roots:
+        for part in parts[1:] if parts[0] in SECTIONS else parts:
+            fields = getattr(model, "model_fields", None)
+            if not fields or part not in fields:
+                break
+            model = fields[part].annotation
+        else:
+            return True
+    return False
 
 
 def load_study(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
@@ -151,9 +163,15 @@ def expand_grid(study: StudyConfig, base: dict[str, Any], origin: str = "study")
         for axis, value in axes.items():
             if keys[axis] == "train.flops":
                 if not isinstance(value, int | float) or value <= 0:
-                    raise GenscaleError(f"{origin}: axis 'train.flops': {value!r} is not a positive number")
+                    hint = ""
+                    if isinstance(value, str) and re.fullmatch(r"[0-9.]+e[0-9]+", value.strip()):
+                        hint = f" (YAML reads {value} as text: write {value.replace('e', 'e+')})"
+                    raise GenscaleError(f"{origin}: axis 'train.flops': {value!r} is not a positive number{hint}")
                 continue  # resolved to steps by create_study, once the model is known
             set_nested(raw, keys[axis].split("."), value, f"{origin}: axis '{axis}'")
+        family = raw.get("model", {}).get("family", "gan")
+        if family in study.family_settings:
+            _merge(raw, copy.deepcopy(study.family_settings[family]))
         trial_id = f"t{i:03d}-" + "-".join(f"{labels[a]}={_slug(v)}" for a, v in axes.items())
         raw["name"] = f"{study.name}/{trial_id}"
         try:
@@ -166,16 +184,18 @@ def expand_grid(study: StudyConfig, base: dict[str, Any], origin: str = "study")
 
 def check_metric(study: StudyConfig, trials: list[Trial], origin: str = "study") -> None:
     for t in trials:
-        produced = produced_metrics(t.config)
+        produced = family_of(t.config).produced_metrics(t.config)
         if study.metric not in produced:
+            extractor = getattr(t.config.eval, "extractor", None)
             raise GenscaleError(f"{origin}: metric '{study.metric}' is not produced by trial {t.id} "
-                                f"({t.config.model.family} with {t.config.eval.extractor}: "
+                                f"({t.config.model.family}{f' with {extractor}' if extractor else ''}: "
                                 f"{', '.join(sorted(produced))})")
+        if produced[study.metric] != "lower":
+            lower = sorted(k for k, v in produced.items() if v == "lower")
+            raise GenscaleError(f"{origin}: metric '{study.metric}' is not a lower-is-better quality metric; scaling "
+                                f"laws are fitted to one of {', '.join(lower)}")
         if not t.config.eval.on_train_end:
             raise GenscaleError(f"{origin}: eval.on_train_end must be true: trials are evaluated as they end")
-    if study.metric not in LOWER_IS_BETTER:
-        raise GenscaleError(f"{origin}: metric '{study.metric}' is not a lower-is-better quality metric; scaling laws "
-                            f"are fitted to one of {', '.join(LOWER_IS_BETTER)}")
 
 
 def check_data_sizes(trials: list[Trial], full_size: int, origin: str = "study") -> None:

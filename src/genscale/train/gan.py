@@ -133,7 +133,7 @@ def build_gan_run(cfg: RunConfig, image_shape: tuple[int, int, int], device: tor
     m, t = cfg.model, cfg.train
     g, d = build_gan(m.arch, m.size, z_dim=m.z_dim, image_shape=image_shape, loss=m.loss)
     g, d = g.to(device), d.to(device)
-    betas = t.adam_betas("gan")
+    betas = t.betas
     return GanRun(g=g, d=d, ema=make_ema(g, t.ema_decay),
                   opt_g=torch.optim.Adam(g.parameters(), lr=t.lr_g, betas=betas),
                   opt_d=torch.optim.Adam(d.parameters(), lr=t.lr_d, betas=betas),
@@ -154,7 +154,7 @@ class GanRecipe:
     log_names = ("loss_d", "loss_g")
 
     def __init__(self, cfg: RunConfig, splits: DataSplits, device: torch.device):
-        self.cfg, self.splits = cfg, splits
+        self.cfg, self.splits, self.device = cfg, splits, device
         self.run = build_gan_run(cfg, splits.image_shape, device)
         self.step_fn = gan_step(cfg, self.run)
         self.stream = BatchStream(splits.train.x.to(device), cfg.train.batch_size, cfg.train.seed)
@@ -177,6 +177,12 @@ class GanRecipe:
 
     def epochs(self, steps: int) -> float:
         return self.stream.epochs(steps * self.cfg.train.d_steps)
+
+    def sampler(self):
+        """The live EMA generator as a sampler (the one evaluation, samples and a checkpoint's loader use)."""
+        from genscale.families.gan import GanSampler
+
+        return GanSampler(self.run.ema.module, self.cfg.model.z_dim, self.device)
 
     def summary(self) -> dict[str, Any]:
         """What a study needs of the model and data: unique examples D and parameters N."""

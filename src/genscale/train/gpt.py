@@ -115,7 +115,7 @@ class GptRecipe:
             load_init_weights(self.model, init_dir)
         self.forward: nn.Module = torch.compile(self.model) if t.compile else self.model
         self.opt = torch.optim.AdamW(decay_groups(self.model, t.weight_decay), lr=t.lr,
-                                     betas=t.adam_betas("gpt"), fused=device.type == "cuda")
+                                     betas=t.betas, fused=device.type == "cuda")
         self.generator = torch.Generator().manual_seed(t.seed)
         self.batches = TokenBatches(data.train, block_size=cfg.model.block_size, batch_size=t.batch_size,
                                     generator=self.generator, device=device)
@@ -156,6 +156,11 @@ class GptRecipe:
         optimizer_from_flat(self.opt, "opt", tensors, sidecar["opt"])
         self.generator.set_state(tensors["rng.batches"])
         torch.set_rng_state(tensors["rng.torch"])
+
+    def sampler(self):
+        from genscale.families.gpt import GptSampler
+
+        return GptSampler(self.model, self.data.tokenizer, self.model.lm_head.weight.device)
 
     def tokens_per_step(self) -> int:
         t = self.cfg.train

@@ -57,6 +57,16 @@ class Recipe(Protocol):
         """Passes over the unique training data after `steps` steps."""
         ...
 
+    def summary(self) -> dict[str, Any]:
+        """What a study needs of the model and data: "data_size" (unique examples D), "params" (N, counted the
+        family's way), "dataset", "dataset_version", and the family's own lines (e.g. params_g, tokenizer)."""
+        ...
+
+    def sampler(self) -> Any:
+        """The live model as a sampler (families/__init__.py ImageSampler or TextSampler): what the metric curve,
+        the samples and the final evaluation use (a GAN's EMA generator, a diffusion model's EMA UNet)."""
+        ...
+
 
 @dataclass
 class Evaluation:

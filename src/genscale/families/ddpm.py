@@ -1,0 +1,121 @@
+"""The diffusion family: a UNet (models/unet.py) trained to predict the noise of the forward process (Ho et al. 2020),
+by train/ddpm.py; sampled by ancestral DDPM or DDIM (Song et al. 2021) with diffusers' schedulers, from EMA weights,
+class-conditional with classifier-free guidance (Ho & Salimans 2022) where the data has labels."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from genscale.families.image import ImageEvalConfig, ImageFamily
+from genscale.sections import Doc, Float, Int, ModelBase, TrainBase
+
+if TYPE_CHECKING:
+    import torch
+
+    from genscale.config import RunConfig
+    from genscale.data.datasets import DataSplits
+    from genscale.train.ddpm import DdpmSampler
+
+
+def presets() -> dict[str, dict[str, dict[str, Any]]]:
+    from genscale.models.unet import PRESETS
+
+    return PRESETS
+
+
+class DdpmModelConfig(ModelBase):
+    presets = staticmethod(presets)
+
+    family: Literal["ddpm"] = Doc("ddpm", "ddpm: a denoising diffusion model (models/unet.py, models/diffusion.py)")
+    arch: Literal["unet"] = Doc("unet", "UNet with sinusoidal time embedding, residual blocks and self-attention at "
+                                "the lowest resolution (Ho et al. 2020)")
+    size: str = Doc("small", "preset of the UNet (models/unet.py PRESETS): tiny, small, base")
+    schedule: Literal["cosine", "linear"] = Doc(
+        "cosine", "noise schedule: cosine (Nichol & Dhariwal 2021), or linear beta 1e-4..0.02 (Ho et al. 2020; made "
+        "for T = 1000: a short chain with it ends far from pure noise)")
+    timesteps: Int = Doc(1000, "diffusion steps T of the forward process (Ho et al. 2020: 1000)", ge=2)
+    dropout: Float = Doc(0.1, "dropout in the residual blocks (Ho et al. 2020: 0.1 on CIFAR-10)", ge=0, lt=1)
+    class_conditional: bool = Doc(True, "condition on the dataset's labels where it has them (classifier-free "
+                                  "guidance, Ho & Salimans 2022); unlabelled data trains an unconditional model")
+    p_uncond: Float = Doc(0.1, "class-conditional: share of training labels replaced by the null label, so one "
+                          "network is also the unconditional model guidance needs (Ho & Salimans 2022: 0.1-0.2)",
+                          ge=0, le=1)
+
+
+
+class DdpmTrainConfig(TrainBase):
+    family: Literal["ddpm"] = Doc("ddpm", "set from model.family", exclude=True)
+    betas: tuple[Float, Float] = Doc((0.9, 0.999), "Adam betas (Ho et al. 2020 used Adam's defaults)")
+    lr: Float = Doc(2e-4, "Adam learning rate; 2e-4 as in Ho et al. 2020 (CIFAR-10)", gt=0)
+    warmup_steps: Int = Doc(100, "linear learning-rate warm-up steps (Ho et al. 2020: 5000 of 800k)", ge=0)
+    grad_clip: Float = Doc(1.0, "clip the global gradient norm to this (Ho et al. 2020: 1); 0 disables", ge=0)
+    ema_decay: Float = Doc(0.999, "EMA of the UNet's weights, which sampling uses (Ho et al. 2020: 0.9999 over 800k "
+                           "steps; short runs want less), with the min(decay, (1 + n) / (10 + n)) warm-up", ge=0, lt=1)
+
+
+class DdpmEvalConfig(ImageEvalConfig):
+    family: Literal["ddpm"] = Doc("ddpm", "set from model.family", exclude=True)
+    sampler: Literal["ddim", "ddpm"] = Doc("ddim", "ddim (Song et al. 2021; eta 0 is deterministic) or ddpm "
+                                           "(ancestral, Ho et al. 2020 Algorithm 2), diffusers' schedulers")
+    sampling_steps: Int = Doc(50, "reverse steps per sample (ddim: a divisor of model.timesteps; ddpm: any, T is "
+                              "the model as trained)", ge=1)
+    eta: Float = Doc(0.0, "ddim: noise weight; 0 deterministic, 1 the DDPM posterior variance", ge=0)
+    guidance: Float = Doc(1.0, "class-conditional: classifier-free guidance scale s (diffusers' guidance_scale): "
+                          "1 the conditional model, 0 the unconditional one, > 1 sharper and less diverse", ge=0)
+
+
+def check_sampling(cfg: RunConfig) -> None:
+    """The sampling settings fit the trained chain (a GenscaleError naming eval.sampling_steps otherwise)."""
+    from genscale.errors import GenscaleError
+    from genscale.models.diffusion import check_steps, make_scheduler
+
+    e, m = cfg.eval, cfg.model
+    try:
+        check_steps(make_scheduler(e.sampler, schedule=m.schedule, timesteps=m.timesteps), e.sampling_steps)
+    except GenscaleError as err:
+        raise GenscaleError(f"eval.sampling_steps: {str(err).removeprefix('steps: ')}") from None
+
+
+def build_recipe(cfg: RunConfig, data: DataSplits, device: torch.device):
+    from genscale.data.augment import parse_augment
+    from genscale.errors import GenscaleError
+    from genscale.train.ddpm import DdpmRecipe
+
+    check_sampling(cfg)
+    if parse_augment(cfg.data.augment)[1]:
+        raise GenscaleError(f"data.augment: '{cfg.data.augment}': DiffAugment belongs to a GAN's discriminator; a "
+                            "diffusion model takes the classical ones (hflip, rotate, translate, scale, jitter)")
+    return DdpmRecipe(cfg, data, device)
+
+
+def sampler_from_checkpoint(cfg: RunConfig, tensors: dict[str, torch.Tensor], sidecar: dict[str, Any],
+                            device: torch.device) -> DdpmSampler:
+    from genscale.train.checkpoint import load_state, unprefixed
+    from genscale.train.ddpm import DdpmSampler, build_model
+
+    check_sampling(cfg)
+    image_shape = tuple(sidecar["image_shape"])
+    unet = build_model(cfg, image_shape, sidecar["num_classes"])
+    load_state(unet, unprefixed(unprefixed(tensors, "ema"), "module"), "checkpoint (ema)")
+    return DdpmSampler(unet.to(device).eval(), image_shape, cfg, device)
+
+
+def count_flops(cfg: RunConfig, image_shape: tuple[int, int, int]) -> int:
+    """One training step's FLOPs; a step's labels do not change its cost, so a label-free stand-in dataset of the
+    right shape is counted (conditioning adds only an embedding lookup)."""
+    import torch
+
+    from genscale.data.datasets import DataSplits, ImageData
+    from genscale.train.ddpm import ddpm_flops_per_step
+
+    x = ImageData(torch.zeros(cfg.train.batch_size, *image_shape, dtype=torch.uint8),
+                  torch.zeros(cfg.train.batch_size, dtype=torch.long))
+    stand_in = DataSplits(x, x, x, x, "flops", "flops", 1 if cfg.model.class_conditional else 0)
+    return ddpm_flops_per_step(cfg, stand_in)
+
+
+FAMILY = ImageFamily(
+    name="ddpm", model_config=DdpmModelConfig, train_config=DdpmTrainConfig, eval_config=DdpmEvalConfig,
+    labels={"D": "unique training images", "N": "parameters N (UNet)", "unit": "images"},
+    presets=presets, build_recipe=build_recipe, sampler_from_checkpoint=sampler_from_checkpoint,
+    count_flops=count_flops, examples_per_step=lambda cfg: cfg.train.batch_size, check_config=check_sampling)
