@@ -179,3 +179,15 @@ def test_a_bug_keeps_its_traceback_and_debug_shows_every_one(monkeypatch):
     assert isinstance(CliRunner().invoke(app, ["--debug", "sample", "nosuchrun"]).exception, GenscaleError)
     monkeypatch.setenv("GENSCALE_DEBUG", "")
     assert one_error_line(["sample", "nosuchrun"]) == f"error: run 'nosuchrun': no such run in {runs_dir()}"
+
+
+def test_settings_lists_a_familys_keys_with_their_documentation():
+    result = CliRunner().invoke(app, ["settings", "vae"])
+    assert result.exit_code == 0, result.output
+    assert "eval.iwae_k" in result.output and "importance samples" in result.output
+    assert "train.lr_g" not in result.output  # a gan setting
+    assert "gate.METRIC" in result.output and "nelbo" in result.output
+    schema = json.loads(CliRunner().invoke(app, ["settings", "--json"]).output)
+    assert "properties" in schema
+    bad = CliRunner().invoke(app, ["settings", "diffusion"])
+    assert bad.exit_code == 1 and "unknown family 'diffusion'" in bad.output

@@ -71,6 +71,28 @@ def test_trials_train_on_nested_subsets(tmp_path):
     assert sets[0] < sets[1] < sets[2]
 
 
+def test_family_axis_gives_each_family_its_settings_and_counts_flops_its_way(tmp_path):
+    from genscale.families import FAMILIES
+
+    run = {k: v for k, v in TINY_RUN.items() if k != "model"}
+    run["train"] = {k: v for k, v in run["train"].items() if k != "ema_decay"}
+    path = write_study(tmp_path, run=run, axes={"model.family": ["gan", "vae", "ddpm"], "train.flops": [4e9]},
+                       family_settings={"gan": {"model": {"arch": "gan-mlp", "size": "tiny"}},
+                                        "vae": {"model": {"arch": "vae-mlp", "size": "tiny"}},
+                                        "ddpm": {"model": {"size": "tiny", "timesteps": 50},
+                                                 "eval": {"sampling_steps": 5}}})
+    study_dir = create_study(path, tmp_path / "s")
+    plan = read_plan(study_dir)
+    trials = {t["axes"]["model.family"]: t for t in plan["trials"]}
+    assert [t["config"]["model"]["arch"] for t in trials.values()] == ["gan-mlp", "vae-mlp", "unet"]
+    assert trials["ddpm"]["config"]["eval"]["sampling_steps"] == 5
+    for name, t in trials.items():  # steps = budget / that family's own counted FLOPs per step
+        cfg = expand_grid(*load_study(path))[list(trials).index(name)].config
+        per_step = FAMILIES[name].flops_per_step(cfg, load_image_data(cfg.data))
+        assert t["config"]["train"]["steps"] == max(1, round(4e9 / per_step))
+    assert len({t["config"]["train"]["steps"] for t in trials.values()}) == 3
+
+
 def test_flops_axis_resolves_to_steps_from_counted_flops(tmp_path):
     study_dir = create_study(write_study(tmp_path, axes={"train.flops": [2e9, 4e9]}), tmp_path / "s")
     plan = read_plan(study_dir)
@@ -92,6 +114,9 @@ def test_flops_axis_resolves_to_steps_from_counted_flops(tmp_path):
     ({"axes": {"data.size": ["many"]}}, "key 'data.size'"),
     ({"axes": {"train.steps": [1], "train.flops": [1e9]}}, "not both"),
     ({"axes": {"model.size": ["tiny", "huge"]}}, "size 'huge' is not a preset of gan-mlp"),  # before: the trial failed
+    ({"axes": {"train.flops": ["1.0e12"]}}, "YAML reads 1.0e12 as text: write 1.0e"),
+    # the run's model keys are the gan's: a vae trial needs its own (family_settings)
+    ({"axes": {"model.family": ["gan", "vae"]}}, "trial t001-family=vae: key 'model.arch': Input should be 'vae-conv'"),
 ])
 def test_bad_study_fails_before_anything_runs(tmp_path, fields, message):
     with pytest.raises(GenscaleError, match=message.replace("(", r"\(").replace(")", r"\)")):

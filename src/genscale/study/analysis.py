@@ -12,10 +12,14 @@ The verdict's surface is one of the first two, chosen by its error on held-out t
 each data size, kept out of the fit), not by R^2; it is then refitted to every trial. E is bounded below by the
 metric's real floor (floor.json: real-vs-real FID, 0 for a loss). Intervals come from the bootstrap of fit.py (seed
 repeats resampled within their cell); a parameter that sits on a bound in the fit and its refits is "not identified".
+
+A study whose model.family (or model.arch) axis takes several values compares different models: each value's trials
+are a group with its own laws, verdict and held-out check (`analyse_groups`), and their costs are set side by side.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable
@@ -431,9 +435,15 @@ def analyse(results: list[dict[str, Any]], *, metric: str, fit_cfg: dict[str, An
 
     With treatment axes (e.g. data.clean), the laws are fitted to the trials at each treatment's first value
     (a law mixes no treatments) and the treatments are compared value against value. Verify trials (role "verify")
-    are kept out of every fit and compared with their predictions."""
+    are kept out of every fit and compared with their predictions. With a group axis of several values (e.g.
+    model.family: [gan, ddpm]) each group is analysed on its own: see `analyse_groups`."""
     from genscale.study.spec import SCALING_AXES
 
+    group_axes = group_axes_of(axes)
+    if group_axes:
+        return analyse_groups(results, group_axes, metric=metric, fit_cfg=fit_cfg,
+                              operating_data_size=operating_data_size, operating_flops=operating_flops,
+                              axes=axes or {}, floor=floor, costs=costs, unit=unit)
     level = fit_cfg["level"]
     treatments = {a: [str(v) for v in vals] for a, vals in (axes or {}).items() if a not in SCALING_AXES}
     grid = [r for r in results if r.get("role", "grid") == "grid"]
@@ -504,6 +514,75 @@ def analyse(results: list[dict[str, Any]], *, metric: str, fit_cfg: dict[str, An
     return out
 
 
+def group_axes_of(axes: dict[str, list[Any]] | None) -> tuple[str, ...]:
+    """The study's group axes (spec.GROUP_AXES: model.family, model.arch) that take more than one value, in the
+    study's axis order; with one value an axis changes nothing between trials and stays what it was before."""
+    from genscale.study.spec import GROUP_AXES
+
+    return tuple(a for a, values in (axes or {}).items() if a in GROUP_AXES and len(values) > 1)
+
+
+def group_of(result: dict[str, Any], group_axes: tuple[str, ...]) -> str:
+    """The group a trial belongs to: its value of the group axis ("gan"), or of each of them joined ("gan/gan-mlp")."""
+    return "/".join(str(result["axes"].get(a)) for a in group_axes)
+
+
+def group_summary(results: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """One group's grid trials at a glance: how many, their model sizes, the best metric and the compute that reached
+    it, and what a FLOP and an image cost: median training seconds per counted FLOP, median sampling seconds and
+    sampling FLOPs per image where the trials record them (a diffusion model samples in many network passes, so its
+    sampling cost belongs beside its training FLOPs). None where no trial has the number."""
+    grid = [r for r in results if r.get("role", "grid") == "grid"]
+    scored = [r for r in grid if math.isfinite(r["metrics"].get(metric, math.nan))]
+    best = min(scored, key=lambda r: r["metrics"][metric], default=None)
+
+    def median(values: list[float]) -> float | None:
+        return float(np.median(values)) if values else None
+
+    return {"trials": len(grid), "N": [min(r["N"] for r in grid), max(r["N"] for r in grid)] if grid else None,
+            "best": best["metrics"][metric] if best else None, "best_C": best["C"] if best else None,
+            "best_trial": best["trial"] if best else None,
+            "seconds_per_flop": median([r["train_seconds"] / r["C"] for r in grid if r.get("C")]),
+            **{key: median([float(r[key]) for r in grid if r.get(key) is not None])
+               for key in ("sampling_seconds_per_image", "sampling_flops_per_image")}}
+
+
+def _unit_of(results: list[dict[str, Any]], default: str) -> str:
+    """What D counts for these trials by their family's words, else `default`."""
+    from genscale.study.report import UNKNOWN_LABELS, family_labels
+
+    words = family_labels(results)
+    return default if words == UNKNOWN_LABELS else words["D"]
+
+
+def analyse_groups(results: list[dict[str, Any]], group_axes: tuple[str, ...], *, metric: str,
+                   fit_cfg: dict[str, Any], operating_data_size: int, operating_flops: float | None,
+                   axes: dict[str, list[Any]], floor: float = 0.0, costs: dict[str, Any] | None = None,
+                   unit: str = "unique examples") -> dict[str, Any]:
+    """`analyse` for each group of trials (one value of the group axes: a family, an architecture) on its own, since
+    a law or a verdict that mixes two models describes neither. The group axes are neither scaling axes nor
+    treatments; every other treatment is compared within each group. Without operating_flops each group's verdict
+    is at its own largest compute (families differ in FLOPs per step by orders of magnitude).
+
+    Returns {"metric", "group_axis" ("model.family"; several joined by ", "), "group_axes", "groups": {value: that
+    group's analysis, shaped as `analyse` returns it}, "group_summary": {value: `group_summary`}, "verdict":
+    {"decision": "per group", "sentence": "gan: ...; ddpm: ...", "decisions": {value: decision}}, "comparisons":
+    {"<value>: <axis>": ...} (each group's treatment comparisons, named by group), "trials_used", "floor"}."""
+    inner = {a: v for a, v in axes.items() if a not in group_axes}
+    names = ["/".join(map(str, values)) for values in itertools.product(*(axes[a] for a in group_axes))]
+    members = {g: [r for r in results if group_of(r, group_axes) == g] for g in names}
+    groups = {g: analyse(m, metric=metric, fit_cfg=fit_cfg, operating_data_size=operating_data_size,
+                         operating_flops=operating_flops, axes=inner, floor=floor, costs=costs,
+                         unit=_unit_of(m, unit)) for g, m in members.items()}
+    sentence = "; ".join(f"{g}: {a['verdict']['sentence'].rstrip('.')}" for g, a in groups.items()) + "."
+    return {"metric": metric, "group_axis": ", ".join(group_axes), "group_axes": list(group_axes), "groups": groups,
+            "group_summary": {g: group_summary(m, metric) for g, m in members.items()},
+            "verdict": {"decision": "per group", "sentence": sentence,
+                        "decisions": {g: a["verdict"]["decision"] for g, a in groups.items()}},
+            "comparisons": {f"{g}: {axis}": c for g, a in groups.items() for axis, c in a["comparisons"].items()},
+            "trials_used": sum(a["trials_used"] for a in groups.values()), "floor": floor}
+
+
 def _verified(s: Surface, checks: list[dict[str, Any]], pts: list[dict[str, Any]], metric: str,
               fit_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The verify trials (2x data, 2x compute at the operating point) against the surface's prediction intervals."""
@@ -545,6 +624,13 @@ def at_metric(result: dict[str, Any], which: str) -> dict[str, Any]:
             "metric_from": f"best checkpoint (step {best['step']})" if which == "best" and best else "final step"}
 
 
+def _summary_metrics(analysis: dict[str, Any], done: int, failed: int) -> dict[str, Any]:
+    """The numbers a study logs to its tracking run (a grouped verdict has no single 2x change: None)."""
+    return {"trials_done": done, "trials_failed": failed,
+            "data_2x_change": analysis["verdict"].get("data_2x", {}).get("change"),
+            "compute_2x_change": analysis["verdict"].get("compute_2x", {}).get("change")}
+
+
 def analyse_study(study_dir: Path) -> dict[str, Any]:
     """Analyse a study folder's results and write analysis.json, report.html and report.md."""
     from genscale.study.execute import load_results, read_plan
@@ -557,19 +643,27 @@ def analyse_study(study_dir: Path) -> dict[str, Any]:
     done = [at_metric(r, s.get("metric_at", "final")) for r in done]
     floor_path = study_dir / "floor.json"
     floor = read_json(floor_path, "metric floor") if floor_path.exists() else {"value": 0.0, "how": "not measured"}
-    unit = "unique training tokens" if any("tokenizer" in r for r in done) else \
-        "unique training images" if any("params_g" in r for r in done) else "unique training examples"
+    from genscale.study.report import family_labels
+
+    unit = family_labels(done)["D"]
     analysis = analyse(done, metric=s["metric"], fit_cfg=s["fit"], operating_data_size=plan["operating_data_size"],
                        operating_flops=s["operating_point"]["flops"], axes=s["axes"], floor=float(floor["value"]),
                        costs=s.get("costs"), unit=unit)
-    analysis["floor_how"] = floor["how"]
-    analysis["metric_at"] = s.get("metric_at", "final")
-    analysis["failed"] = failed
-    analysis["trials_total"] = len(plan["trials"])
-    analysis["summary_metrics"] = {
-        "trials_done": len(done), "trials_failed": len(failed),
-        "data_2x_change": analysis["verdict"].get("data_2x", {}).get("change"),
-        "compute_2x_change": analysis["verdict"].get("compute_2x", {}).get("change")}
+    group_axes = group_axes_of(s["axes"])
+    axes_of = {t["id"]: t["axes"] for t in plan["trials"]}  # a failed trial's axes are in the plan only
+
+    def in_group(trial_id: str, g: str) -> bool:
+        return group_of({"axes": axes_of.get(trial_id, {})}, group_axes) == g
+
+    parts = [(analysis, done, failed, plan["trials"])]  # each group's own trials, failures and numbers too
+    parts += [(a, [r for r in done if in_group(r["trial"], g)], [f for f in failed if in_group(f["trial"], g)],
+               [t for t in plan["trials"] if in_group(t["id"], g)]) for g, a in analysis.get("groups", {}).items()]
+    for a, done_here, failed_here, planned in parts:
+        a["floor_how"] = floor["how"]
+        a["metric_at"] = s.get("metric_at", "final")
+        a["failed"] = failed_here
+        a["trials_total"] = len(planned)
+        a["summary_metrics"] = _summary_metrics(a, len(done_here), len(failed_here))
     atomic_write_bytes(study_dir / "analysis.json", json.dumps(analysis, indent=1, default=str).encode())
     write_report(study_dir, plan, done, analysis)
     return analysis

@@ -9,6 +9,10 @@ L(C, D) drawn through them (iso-compute and iso-data curves), the fitted surface
 decision map (where 2x data beats 2x compute), iso-FLOP curves over model size when the compute-optimal law was
 fitted, and the log residuals. Every log axis goes through `log_axis`: a few compactly labelled major ticks
 ("3e11", "30k"), unlabelled minor ticks, for ranges from a fraction of a decade to many decades.
+
+A study over several families (or architectures: analysis["groups"]) opens with one verdict line per group, then
+compares the groups on shared plots and a table of what each reached and what its FLOPs and images cost, then gives
+each group its own section: the same blocks and plots as a one-model study, from that group's trials.
 """
 
 from __future__ import annotations
@@ -24,28 +28,33 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from genscale.study.analysis import Surface, column, compute_level, surface_of
+from genscale.study.analysis import Surface, column, compute_level, group_of, surface_of
 from genscale.study.fit import law_from_dict
 
 MAX_TICK_LABELS = 6  # labels per log axis; more crowd a 6-inch plot
 TEXT_SAMPLE_CHARS = 300  # of each trial's samples.txt shown in the report
 
-# What D and N count, by model family (read from the trial results: see `family_labels`).
-FAMILY_LABELS: dict[str, dict[str, str]] = {
-    "gpt": {"D": "unique training tokens", "N": "parameters N (transformer)", "unit": "tokens"},
-    "gan": {"D": "unique training images", "N": "parameters N (generator + discriminator)", "unit": "images"},
-    "unknown": {"D": "unique training examples", "N": "parameters N", "unit": "examples"},
-}
+UNKNOWN_LABELS = {"D": "unique training examples", "N": "parameters N", "unit": "examples"}
+
+
+def trial_family(result: dict[str, Any]) -> str | None:
+    """The model family of a trial result (results written before it was recorded: told by their own fields)."""
+    return result.get("family") or ("gpt" if "tokenizer" in result else "gan" if "params_g" in result else None)
 
 
 def family_labels(done: list[dict[str, Any]]) -> dict[str, str]:
-    """Axis words for D and N from the trial results: a gpt trial records its "tokenizer", a gan trial "params_g"
-    and "params_d" (see execute_trial)."""
-    if any("tokenizer" in r for r in done):
-        return FAMILY_LABELS["gpt"]
-    if any("params_g" in r or "params_d" in r for r in done):
-        return FAMILY_LABELS["gan"]
-    return FAMILY_LABELS["unknown"]
+    """Axis words for D and N from the trials' families (families/<name>.py `labels`); trials of several families
+    share the words of D when they count the same unit, and N is each family's own count."""
+    from genscale.families import FAMILIES
+
+    labels = [FAMILIES[f].labels for f in {trial_family(r) for r in done} if f in FAMILIES]
+    if not labels:
+        return UNKNOWN_LABELS
+    if len(labels) == 1:
+        return labels[0]
+    same = {lab["unit"] for lab in labels} == {labels[0]["unit"]}
+    return {"D": labels[0]["D"] if same else UNKNOWN_LABELS["D"], "N": "parameters N (each family's own count)",
+            "unit": labels[0]["unit"] if same else UNKNOWN_LABELS["unit"]}
 
 
 # --- log axes ----------------------------------------------------------------------------------------------------
@@ -274,6 +283,75 @@ def _decision_map_figure(dm: dict[str, Any], c: np.ndarray, d: np.ndarray, words
     return fig
 
 
+GROUP_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # one per group, beside its colour (tab10)
+
+
+def _fitted_trials(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> list[dict[str, Any]]:
+    """A group's grid trials its laws were fitted to: with the metric, at each treatment's first value."""
+    at = analysis.get("laws_fitted_at", {})
+    return [r for r in rows if r.get("role", "grid") == "grid" and analysis["metric"] in r["metrics"]
+            and all(str(r["axes"].get(a)) == v for a, v in at.items())]
+
+
+def _group_plots(members: dict[str, list[dict[str, Any]]], analysis: dict[str, Any], folder: Path
+                 ) -> list[tuple[str, Path]]:
+    """Every group's trials on one figure, against C and against D: one colour and marker per group, its series at
+    its largest data size (against C) or largest compute level (against D) joined, and its fitted surface along that
+    series, dashed, where it has one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, word = analysis["metric"], _group_word(analysis)
+    words = family_labels([r for rows in members.values() for r in rows])
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = plt.get_cmap("tab10")
+    made: list[tuple[str, Path]] = []
+    for x_key, x_label, x_kind, name, along in (
+            ("C", "training FLOPs C", "sci", "groups_metric_vs_compute", "largest data size"),
+            ("D", f"{words['D']} D", "count", "groups_metric_vs_data", "largest compute")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for i, (g, rows) in enumerate(members.items()):
+            group = analysis["groups"][g]
+            pts = _fitted_trials(rows, group)
+            if not pts:
+                continue
+            if x_key == "C":
+                d_top = max(p["D"] for p in pts)
+                series = [p for p in pts if p["D"] == d_top]
+                held = f"D = {compact_number(d_top, 'count')}"
+            else:
+                top = max(compute_level(p) for p in pts)
+                series = [p for p in pts if compute_level(p) == top]
+                c_top = float(np.mean([p["C"] for p in series]))  # a compute level is one model at one step count
+                held = f"C = {compact_number(float(f'{c_top:.2g}'), 'sci')}"  # a legend, not a table
+            series.sort(key=lambda p: p[x_key])
+            style = {"color": colours(i % 10), "marker": GROUP_MARKERS[i % len(GROUP_MARKERS)]}
+            ax.plot([p[x_key] for p in pts], [p["metrics"][metric] for p in pts], ls="", alpha=0.3, ms=4, **style)
+            ax.plot([p[x_key] for p in series], [p["metrics"][metric] for p in series], ls="-", label=f"{g} ({held})",
+                    **style)
+            law = _surface(group)
+            if law is not None:
+                xs = np.array([p[x_key] for p in series], dtype=float)
+                grid = np.geomspace(xs.min(), xs.max(), 50)
+                fitted = law.predict(grid, np.full_like(grid, d_top)) if x_key == "C" else \
+                    law.predict(np.full_like(grid, c_top), grid, n=float(np.mean([p["N"] for p in series])))
+                ax.plot(grid, fitted, "--", color=style["color"], alpha=0.8)
+        log_axis(ax, "x", kind=x_kind, label=x_label)
+        log_axis(ax, "y", label=metric)
+        ax.legend(fontsize=7, title=word, title_fontsize=7)
+        ax.set_title(f"{metric} vs {x_key}; joined: each {word}'s trials at its {along}; dashed: its fitted law",
+                     fontsize=8)
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append((f"{metric} against {x_label}, one colour and marker per {word} (faint: its other trials)",
+                     path))
+    return made
+
+
 # --- text --------------------------------------------------------------------------------------------------------
 
 def _fmt_value(x: float | None, spec: str = ".4g") -> str:
@@ -369,6 +447,24 @@ def _holdout_table(trials: list[dict[str, Any]], level: float) -> tuple[list[str
     return head, rows
 
 
+def _group_word(analysis: dict[str, Any]) -> str:
+    """What a group is called: "family" for model.family, "arch" for model.arch."""
+    return "/".join(a.split(".")[-1] for a in analysis["group_axes"])
+
+
+def _group_table(analysis: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per group: trials, model sizes, the best metric and the compute that reached it, and the measured costs."""
+    head = [_group_word(analysis), "trials", "N (parameters)", f"best {analysis['metric']}", "C at best (FLOPs)",
+            "train seconds per FLOP", "sampling seconds per image", "sampling FLOPs per image"]
+    rows = []
+    for g, c in analysis["group_summary"].items():
+        sizes = "-" if c["N"] is None else "–".join(dict.fromkeys(compact_number(n, "count") for n in c["N"]))
+        rows.append([g, str(c["trials"]), sizes, _fmt_value(c["best"]), _fmt_value(c["best_C"], ".3g"),
+                     _fmt_value(c["seconds_per_flop"], ".3g"), _fmt_value(c["sampling_seconds_per_image"], ".3g"),
+                     _fmt_value(c["sampling_flops_per_image"], ".3g")])
+    return head, rows
+
+
 def _text_sample(path: Path) -> str:
     text = path.read_text(errors="replace")
     return text[:TEXT_SAMPLE_CHARS].rstrip() + (" …" if len(text) > TEXT_SAMPLE_CHARS else "")
@@ -379,20 +475,18 @@ def _sentence(text: str) -> str:
 
 
 # --- one list of blocks, two renderings --------------------------------------------------------------------------
-# ("h1" | "h2" | "h3" | "p" | "verdict", text), ("table", head, rows), ("list", lines),
+# ("h1" | "h2" | "h3" | "h4" | "p" | "verdict", text), ("table", head, rows), ("list", lines),
 # ("figures", [(caption, path)], width or None), ("pre", text, language)
 
-def _blocks(study_dir: Path, plan: dict[str, Any], done: list[dict[str, Any]], analysis: dict[str, Any],
-            plots: list[tuple[str, Path]]) -> list[tuple]:
-    metric = analysis["metric"]
-    words = family_labels(done)
+def _verdict_blocks(plan: dict[str, Any], analysis: dict[str, Any], *, gpus: bool = True) -> list[tuple]:
+    """The verdict with its validation, price, the 2x-GPUs note (gpus) and the held-out trials."""
     v = analysis["verdict"]
-    out: list[tuple] = [("h1", f"Study {plan['name']}"), ("h2", "Verdict"), ("verdict", v["sentence"])]
+    out: list[tuple] = [("h2", "Verdict"), ("verdict", v["sentence"])]
     for key in ("validation", "price"):
         if (v.get(key) or {}).get("sentence"):
             out.append(("p", v[key]["sentence"]))
-    if (v.get("gpus_2x") or {}).get("note"):
-        out.append(("p", _sentence(f"2× GPUs at equal wall time: {v['gpus_2x']['note']}")))
+    if gpus and (v.get("gpus_2x") or {}).get("note"):
+        out.append(("p", _gpus_sentence(v)))
     holdout = analysis.get("holdout") or {}
     if holdout.get("trials"):
         level = holdout.get("level", plan.get("study", {}).get("fit", {}).get("level", 0.9))
@@ -401,7 +495,19 @@ def _blocks(study_dir: Path, plan: dict[str, Any], done: list[dict[str, Any]], a
         out += [("h3", "Held-out trials"), ("table", *_holdout_table(holdout["trials"] + verified, level))]
         if holdout.get("sentence"):
             out.append(("p", holdout["sentence"]))
+    return out
 
+
+def _gpus_sentence(v: dict[str, Any]) -> str:
+    return _sentence(f"2× GPUs at equal wall time: {v['gpus_2x']['note']}")
+
+
+def _body_blocks(study_dir: Path, done: list[dict[str, Any]], analysis: dict[str, Any],
+                 plots: list[tuple[str, Path]]) -> list[tuple]:
+    """Treatment comparisons, fits, plots, trials and samples of these trials."""
+    metric = analysis["metric"]
+    words = family_labels(done)
+    out: list[tuple] = []
     for title, head, rows, lines in _comparison_tables(analysis):
         out += [("h2", title), ("table", head, rows), ("list", lines)]
     out += [("h2", "Fits"), ("list", _law_lines(analysis, words)), ("h2", "Plots")]
@@ -419,21 +525,61 @@ def _blocks(study_dir: Path, plan: dict[str, Any], done: list[dict[str, Any]], a
         for r, path in texts:
             out += [("h3", f"{r['trial']} ({metric} = {_fmt_value(r['metrics'].get(metric))})"),
                     ("pre", _text_sample(path), "text")]
+    return out
 
+
+def _provenance_blocks(study_dir: Path, plan: dict[str, Any], done: list[dict[str, Any]], analysis: dict[str, Any]
+                       ) -> list[tuple]:
+    words = family_labels(done)
     extractor = done[0]["extractor"] if done else "-"
     provenance = [f"dataset: {plan['dataset']} version {plan['dataset_version']} "
                   f"({plan['full_data_size']} training {words['unit']})", f"feature extractor: {extractor}",
                   f"trials: {len(done)} done, {len(analysis.get('failed', []))} failed of "
                   f"{analysis.get('trials_total', len(plan['trials']))}",
-                  f"metric: {metric} at each trial's " + ("best checkpoint of its eval.every curve (scored with the "
-                                                          "final evaluation's budget; the last step when a trial has "
-                                                          "no curve)" if analysis.get("metric_at") == "best"
-                                                          else "last step")]
-    out += [("h2", "Provenance"), ("list", provenance),
+                  f"metric: {analysis['metric']} at each trial's " + (
+                      "best checkpoint of its eval.every curve (scored with the final evaluation's budget; the last "
+                      "step when a trial has no curve)" if analysis.get("metric_at") == "best" else "last step")]
+    return [("h2", "Provenance"), ("list", provenance),
             ("h3", "Study file"), ("pre", (study_dir / "study.yaml").read_text().rstrip(), "yaml"),
             ("h3", "Resolved run config of the first trial"),
             ("pre", json.dumps(plan["trials"][0]["config"], indent=1), "json")]
-    return out
+
+
+def _blocks(study_dir: Path, plan: dict[str, Any], done: list[dict[str, Any]], analysis: dict[str, Any],
+            plots: list[tuple[str, Path]]) -> list[tuple]:
+    return ([("h1", f"Study {plan['name']}"), *_verdict_blocks(plan, analysis),
+             *_body_blocks(study_dir, done, analysis, plots), *_provenance_blocks(study_dir, plan, done, analysis)])
+
+
+def _demoted(blocks: list[tuple]) -> list[tuple]:
+    """Headings one level down: a group's blocks under that group's heading."""
+    return [(f"h{int(b[0][1]) + 1}", *b[1:]) if b[0] in ("h2", "h3") else b for b in blocks]
+
+
+def _group_blocks(study_dir: Path, plan: dict[str, Any], done: list[dict[str, Any]], analysis: dict[str, Any]
+                  ) -> list[tuple]:
+    """A study over several groups (families, architectures): one verdict line per group, the groups compared
+    (plots and a table), then each group's own blocks and plots (report_files/<group>/) under its heading."""
+    axis, groups = analysis["group_axis"], analysis["groups"]
+    members = {g: [r for r in done if group_of(r, tuple(analysis["group_axes"])) == g] for g in groups}
+    folder = study_dir / "report_files"
+    out: list[tuple] = [("h1", f"Study {plan['name']}"), ("h2", "Verdict")]
+    out += [("verdict", f"{g}: {a['verdict']['sentence']}") for g, a in groups.items()]
+    note = next((a["verdict"] for a in groups.values() if (a["verdict"].get("gpus_2x") or {}).get("note")), None)
+    if note:
+        out.append(("p", _gpus_sentence(note)))
+    out += [("h2", "Families compared" if axis == "model.family" else f"{axis} compared")]
+    out += [("figures", [plot], None) for plot in _group_plots(members, analysis, folder)]
+    out += [("table", *_group_table(analysis)),
+            ("p", f"Each {_group_word(analysis)} has its own laws and verdict, fitted to its trials alone. Seconds per "
+                  "FLOP: median training seconds per counted training FLOP on the trials' devices; sampling: median "
+                  "seconds and FLOPs to generate one image (a diffusion model runs its network once per sampling "
+                  "step), where the trials record them.")]
+    for g, a in groups.items():
+        plots = _plots(members[g], a, folder / re.sub(r"[^A-Za-z0-9.+-]", "_", g))
+        out += [("h2", f"{axis}={g}"),
+                *_demoted(_verdict_blocks(plan, a, gpus=False) + _body_blocks(study_dir, members[g], a, plots))]
+    return out + _provenance_blocks(study_dir, plan, done, analysis)
 
 
 def _md_cell(text: str) -> str:
@@ -443,7 +589,7 @@ def _md_cell(text: str) -> str:
 def _markdown(blocks: list[tuple], study_dir: Path) -> str:
     md: list[str] = []
     for kind, *rest in blocks:
-        if kind in ("h1", "h2", "h3"):
+        if kind in ("h1", "h2", "h3", "h4"):
             md += ["#" * int(kind[1]) + " " + rest[0], ""]
         elif kind in ("p", "verdict"):
             md += [rest[0], ""]
@@ -487,7 +633,7 @@ def _html(blocks: list[tuple], title: str) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
              f"<style>{_STYLE}</style></head><body>"]
     for kind, *rest in blocks:
-        if kind in ("h1", "h2", "h3"):
+        if kind in ("h1", "h2", "h3", "h4"):
             parts.append(f"<{kind}>{e(rest[0])}</{kind}>")
         elif kind == "p":
             parts.append(f"<p>{e(rest[0])}</p>")
@@ -514,8 +660,10 @@ def _html(blocks: list[tuple], title: str) -> str:
 def write_report(study_dir: Path, plan: dict[str, Any], done: list[dict[str, Any]], analysis: dict[str, Any]) -> Path:
     """Write report.html (self-contained) and report.md (+ report_files/) into the study folder."""
     study_dir = Path(study_dir)
-    plots = _plots(done, analysis, study_dir / "report_files")
-    blocks = _blocks(study_dir, plan, done, analysis, plots)
+    if "groups" in analysis:
+        blocks = _group_blocks(study_dir, plan, done, analysis)
+    else:
+        blocks = _blocks(study_dir, plan, done, analysis, _plots(done, analysis, study_dir / "report_files"))
     (study_dir / "report.md").write_text(_markdown(blocks, study_dir))
     path = study_dir / "report.html"
     path.write_text(_html(blocks, f"Study {plan['name']}"))
