@@ -36,7 +36,7 @@ ModelSection, TrainSection, EvalSection = _section("model"), _section("train"), 
 
 def _default(kind: str, family: str = "gan") -> Any:
     return Field(default_factory=lambda: getattr(FAMILIES[family], f"{kind}_config")(),
-                 description=f"the {kind} section of model.family's kind")
+                 description=f"model.family's own {kind} section")
 
 
 class RunConfig(Strict):
@@ -78,12 +78,11 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _data_of_family(self) -> RunConfig:
         source, family = self.data.source, FAMILIES[self.model.family]
-        kinds = {"images": IMAGE_SOURCES, "text": TEXT_SOURCES}
-        wants = "images" if family.data_kind == "image" else "text"
-        for kind, sources in kinds.items():
-            if source in sources and kind != wants:
-                raise ValueError(f"data.source '{source}' holds {kind}; the {family.name} family trains on {wants} "
-                                 f"({', '.join(kinds[wants])}, or a stored {family.data_kind} dataset)")
+        wants, own, holds, other = ("images", IMAGE_SOURCES, "text", TEXT_SOURCES) if family.data_kind == "image" \
+            else ("text", TEXT_SOURCES, "images", IMAGE_SOURCES)
+        if source in other:
+            raise ValueError(f"data.source '{source}' holds {holds}; the {family.name} family trains on {wants} "
+                             f"({', '.join(own)}, or a stored {family.data_kind} dataset)")
         return self
 
 
