@@ -23,6 +23,7 @@ from genscale.families import FAMILIES
 from genscale.families.image import KEY_SAMPLING_SECONDS
 from genscale.pipeline import load_data, load_sampler, train
 from genscale.tracking import resolve_run_dir
+from genscale.train.distributed import SINGLE
 from genscale.train.machinery import autocast_for, count_flops
 
 IMAGE_EVAL = {"n_samples": 200, "kid_subsets": 5, "kid_subset_size": 100, "classifier": {"epochs": 1,
@@ -175,7 +176,7 @@ def test_counted_flops_per_step_equal_an_independent_count(name, tmp_path):
     cfg = family_config(name, tmp_path)
     family, device = FAMILIES[name], torch.device("cpu")
     data = load_data(cfg)
-    recipe = family.recipe(cfg, data, device, resume=False)
+    recipe = family.recipe(cfg, data, device, resume=False, world=SINGLE)
     autocast = autocast_for(device, "fp32")
     counted = count_flops(lambda: recipe.step(0, autocast, eager=True))[1]
     assert counted == independent_flops(lambda: recipe.step(1, autocast, eager=True)) > 0
@@ -193,7 +194,7 @@ GOLDEN_LOSS = {"gan": 1.226128, "gpt": 2.970599, "vae": 2999.423, "ddpm": 1.1713
 def test_training_loss_after_8_cpu_steps_is_pinned(name, tmp_path):
     cfg = family_config(name, tmp_path)
     device = torch.device("cpu")
-    recipe = FAMILIES[name].recipe(cfg, load_data(cfg), device, resume=False)
+    recipe = FAMILIES[name].recipe(cfg, load_data(cfg), device, resume=False, world=SINGLE)
     autocast = autocast_for(device, "fp32")
     losses = torch.stack([recipe.step(s, autocast) for s in range(8)])[:, 0]  # (8,) the first logged value
     assert torch.isfinite(losses).all()

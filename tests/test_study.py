@@ -306,3 +306,23 @@ def test_verify_adds_the_two_verdict_arms_at_the_operating_point(tmp_path):
     assert compute2x["planned_flops"] == 2 * grid_flops
     assert data2x["axes"] == {"data.size": 128, "train.steps": 12, "verify": "data2x"}
     assert compute2x["axes"] == {"data.size": 64, "train.steps": 24, "verify": "compute2x"}
+
+
+def test_gpus_axis_trains_each_trial_on_its_processes_and_measures_scaling(tmp_path):
+    """train.gpus: [1, 2] on the CPU: the 2-process trial is 2 gloo ranks started from its Ray worker (which asks
+    Ray for 2 cores); both record world size and throughput, the analysis their efficiency, the report its table."""
+    study = write_study(tmp_path, axes={"train.gpus": [1, 2]})
+    done = subprocess.run([*GENSCALE, "study", "run", str(study), "--workers", "1", "--out", str(tmp_path / "s")],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {r["world_size"]: r for r in map(json.loads, map(Path.read_text,
+                                                                 (tmp_path / "s").glob("trials/*/result.json")))}
+    assert sorted(results) == [1, 2]
+    one, two = results[1], results[2]
+    assert two["C"] == one["C"]  # FLOPs summed over ranks: the same work, split
+    assert two["metrics"]["fid_fmnist"] == pytest.approx(one["metrics"]["fid_fmnist"], rel=1e-3)
+    analysis = json.loads((tmp_path / "s" / "analysis.json").read_text())
+    (pair,) = analysis["gpus"]["doubling"]
+    assert pair["efficiency"] == pytest.approx(two["examples_per_second"] / (2 * one["examples_per_second"]))
+    assert analysis["gpus"]["efficiency"]["pairs"] == 1
+    assert "Data-parallel scaling (train.gpus)" in (tmp_path / "s" / "report.md").read_text()

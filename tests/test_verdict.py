@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from genscale.study.analysis import Surface, analyse, at_metric, price, verdict
+from genscale.study.analysis import Surface, analyse, at_metric, gpu_scaling, price, verdict
 from genscale.study.fit import PowerLaw, effective_data
 
 FIT_CFG = {"bootstrap": 60, "seed": 0, "level": 0.9, "max_extrapolation": 4.0, "data_constrained": "auto"}
@@ -142,3 +142,34 @@ def test_verify_trials_are_kept_out_of_the_fit_and_compared_with_their_predictio
     assert rows["v00-verify-data2x"]["predicted"] == pytest.approx(true_loss(4000, 16000), rel=0.02)
     validation = out["verdict"]["validation"]
     assert validation["checked"] == len(out["holdout"]["trials"]) + 2
+
+
+def gpu_trial(lr: float, gpus: int, examples_per_second: float) -> dict:
+    return {"trial": f"lr{lr}-g{gpus}", "axes": {"train.lr": lr, "train.gpus": gpus}, "world_size": gpus,
+            "examples_per_second": examples_per_second, "step_seconds": 64 / examples_per_second}
+
+
+def test_gpu_scaling_pairs_trials_equal_in_every_other_axis():
+    results = [gpu_trial(1e-3, 1, 100.0), gpu_trial(1e-3, 2, 150.0), gpu_trial(1e-3, 4, 240.0),
+               gpu_trial(1e-2, 1, 80.0), gpu_trial(1e-2, 2, 144.0)]
+    got = gpu_scaling(results)
+    eff = {r["trial"]: r["efficiency"] for r in got["trials"]}
+    assert eff == pytest.approx({"lr0.001-g1": 1.0, "lr0.001-g2": 0.75, "lr0.001-g4": 0.6, "lr0.01-g1": 1.0,
+                                 "lr0.01-g2": 0.9})
+    doubling = sorted(d["efficiency"] for d in got["doubling"])  # 1 -> 2 twice, 2 -> 4 once
+    assert doubling == pytest.approx([0.75, 240 / 300, 0.9])
+    assert got["efficiency"] == pytest.approx({"median": 0.8, "low": 0.75, "high": 0.9, "pairs": 3})
+
+
+def test_the_gpu_arm_is_compute_times_twice_the_measured_efficiency_of_a_planted_law():
+    s = planted_surface()
+    d0, c0 = 1e4, 1e13
+    eff = {"median": 0.8, "low": 0.75, "high": 0.9, "pairs": 3}
+    v = verdict(s, d0, c0, "loss", FIT_CFG, gpus={"efficiency": eff})
+    arm = v["gpus_2x"]
+    assert arm["change"] == pytest.approx(s.predict(1.6 * c0, d0) - s.predict(c0, d0))
+    assert arm["interval"] == pytest.approx(sorted([s.predict(1.5 * c0, d0) - s.predict(c0, d0),
+                                                    s.predict(1.8 * c0, d0) - s.predict(c0, d0)]))
+    assert arm["speedup"] == 1.6 and "0.80 [0.75, 0.90] over 3 trial pairs" in arm["note"]
+    # less than the compute arm (perfect scaling would equal it): never an assumed efficiency of 1
+    assert abs(arm["change"]) < abs(v["compute_2x"]["change"])

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from genscale.errors import GenscaleError
+from genscale.errors import GenscaleError, RankStopped
 
 app = typer.Typer(help="Train, evaluate and sample generative models; measure what data and compute buy.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -58,6 +58,8 @@ def friendly(fn):
                 raise
             err.print("interrupted (a run continues with `genscale train --resume RUN`)", highlight=False)
             raise typer.Exit(130) from None
+        except RankStopped:  # a data-parallel rank stopped because another failed, which says why
+            raise typer.Exit(1) from None
         except Exception as e:
             line = error_line(e)
             if line is None or os.environ.get(DEBUG_ENV):
@@ -268,16 +270,32 @@ def data_list():
 @friendly
 def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (configs/*.yaml)")] = None,
           set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.steps=100")] = None,
-          resume: Annotated[str | None, typer.Option(help="continue this run from its last checkpoint")] = None):
-    """Train a model, evaluate it and apply the gate; every run is tracked in MLflow."""
-    from genscale.pipeline import config_for_train
+          resume: Annotated[str | None, typer.Option(help="continue this run from its last checkpoint")] = None,
+          nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="data-parallel processes on this "
+                                                    "machine (train.gpus; default: the config's, or the run's)")
+                           ] = None):
+    """Train a model, evaluate it and apply the gate; every run is tracked in MLflow.
+
+    With --nproc N (or train.gpus: N) N processes train it data-parallel: one per GPU, or N CPU processes (gloo)
+    without GPUs. Several machines: `torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d
+    --rdzv-endpoint HOST:PORT -m genscale train CONFIG` on each."""
+    from genscale.pipeline import config_for_train, load_run
     from genscale.pipeline import train as train_run
+    from genscale.train.distributed import launch
 
     if resume and (config or set_):
         raise GenscaleError("train: --resume continues a run with its saved config; drop CONFIG and --set")
     cfg = None if resume else config_for_train(str(config) if config else None, set_ or [])
+    procs = nproc or (load_run(resume)[1] if resume else cfg).train.gpus
+    if procs > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks; each runs this command as a process of them
+        args = ["-m", "genscale", "train", *(["--resume", resume] if resume else [str(config)] if config else []),
+                *(f"--set={s}" for s in set_ or []), *([] if resume else [f"--set=train.gpus={procs}"])]
+        raise typer.Exit(launch(args, procs))
+    if nproc and "WORLD_SIZE" not in os.environ and cfg is not None:
+        cfg = config_for_train(str(config) if config else None, [*(set_ or []), f"train.gpus={nproc}"])
     run_dir = train_run(cfg, resume=resume)
-    out.print(f"run folder: {run_dir}")
+    if "WORLD_SIZE" not in os.environ or os.environ.get("RANK") == "0":
+        out.print(f"run folder: {run_dir}")
 
 
 @app.command("eval")

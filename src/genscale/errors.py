@@ -3,3 +3,7 @@
 
 class GenscaleError(Exception):
     """A user-facing error: the message names the file, key or value and what is wrong."""
+
+
+class RankStopped(GenscaleError):
+    """A data-parallel rank stopped because another failed (or told it to stop); that one says why."""

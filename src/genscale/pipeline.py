@@ -12,14 +12,15 @@ from PIL import Image
 from rich.console import Console
 
 from genscale.config import RunConfig, config_with, load_config, read_yaml_mapping, saved_config
-from genscale.errors import GenscaleError
+from genscale.errors import GenscaleError, RankStopped
 from genscale.families import Sampler, family_of
 from genscale.families.image import SAMPLE_SEED
 from genscale.gate import GateResult, apply_gate
 from genscale.paths import atomic_write_bytes, check_output_file, read_json, runs_dir
 from genscale.tracking import NullTracker, Tracker, resolve_run_dir, run_lock, tracking_uri
+from genscale.train.distributed import World, join, leave, peer_failed, world_from_env
 from genscale.train.loop import Evaluation, fit, write_config
-from genscale.train.machinery import select_device
+from genscale.train.machinery import select_device, throughput
 from genscale.ui import console
 
 results = Console(soft_wrap=True)  # stdout: metrics and the gate verdict
@@ -159,41 +160,86 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
     A new run's folder is `<runs>/<MLflow run id>` unless `run_dir` is given (a study puts its trials in its own
     folder); `tags` are added to the MLflow run. The data and device are checked before a run is recorded, so
     bad input leaves no half-made run behind.
+
+    Started by torchrun (or `genscale train --nproc N`), every rank calls this: rank 0 makes (or reopens) the run
+    and tells the others its folder, all train their rows (train/loop.py `fit`), and rank 0 alone evaluates,
+    gates and tracks. An error in rank 0's set-up reaches every rank, so none waits for a run that is not made.
     """
+    world = world_from_env()
     if resume:
         run_dir, cfg = load_run(resume)
     assert cfg is not None
+    if world.size > 1 or cfg.train.gpus > 1:  # what this segment of the run trains on, as the config says it
+        cfg = config_with(cfg, {"train.gpus": world.size}, "the data-parallel world size")
     family = family_of(cfg)
-    device = select_device(cfg.train.device)
-    data = load_data(cfg, run_dir if resume else None)
-    family.check_data(cfg, data)
-    if resume:
-        lock = run_lock(run_dir)  # before the tracker: a second process on this run must not touch its status
-        tracker = run_tracker(run_dir, reopen=True)
-    else:
-        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_name=cfg.name,
-                          tags={"family": cfg.model.family, "arch": cfg.model.arch, **(tags or {})})
-        run_dir = run_dir or runs_dir() / tracker.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock = run_lock(run_dir)
-        atomic_write_bytes(run_dir / "tracking.json", json.dumps({"run_id": tracker.run_id}).encode())
-        write_config(cfg, run_dir)
-        for path in family.new_run_files(data, run_dir):
-            tracker.log_artifact(path)
-        tracker.log_params(cfg.model_dump(mode="json"))
-        tracker.log_artifact(run_dir / "config.yaml")
+    device = join(world, select_device(cfg.train.device))
+    try:
+        return _train(cfg, family, device, world, resume=resume, run_dir=run_dir, tags=tags)
+    except RuntimeError as e:
+        if world.size > 1 and peer_failed(e):  # the rank that failed has said why
+            raise RankStopped(str(e)) from None
+        raise
+    finally:
+        leave(world)
+
+
+def _new_run(cfg: RunConfig, family: Any, data: Any, run_dir: Path | None, tags: dict[str, str] | None
+             ) -> tuple[Path, Tracker, Any]:
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_name=cfg.name,
+                      tags={"family": cfg.model.family, "arch": cfg.model.arch, **(tags or {})})
+    run_dir = run_dir or runs_dir() / tracker.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_lock(run_dir)
+    atomic_write_bytes(run_dir / "tracking.json", json.dumps({"run_id": tracker.run_id}).encode())
+    write_config(cfg, run_dir)
+    for path in family.new_run_files(data, run_dir):
+        tracker.log_artifact(path)
+    tracker.log_params(cfg.model_dump(mode="json"))
+    tracker.log_artifact(run_dir / "config.yaml")
+    return run_dir, tracker, lock
+
+
+def _train(cfg: RunConfig, family: Any, device: torch.device, world: World, *, resume: str | None,
+           run_dir: Path | None, tags: dict[str, str] | None) -> Path:
+    failed: GenscaleError | None = None
+    if world.main:
+        try:
+            data = load_data(cfg, run_dir if resume else None)
+            family.check_data(cfg, data)
+            if resume:
+                lock = run_lock(run_dir)  # before the tracker: a second process on this run must not touch its status
+                tracker = run_tracker(run_dir, reopen=True)
+            else:
+                run_dir, tracker, lock = _new_run(cfg, family, data, run_dir, tags)
+        except GenscaleError as e:
+            failed = e
+    outcome = world.broadcast(("error", str(failed)) if failed else ("ok", str(run_dir)))
+    if failed:
+        raise failed
+    if outcome[0] == "error":
+        raise RankStopped(outcome[1])
+    if not world.main:  # the run exists now; its folder holds what a rank needs (a GPT's tokenizer)
+        run_dir = Path(outcome[1])
+        data = load_data(cfg, run_dir)
+        recipe = family.recipe(cfg, data, device, resume=True, world=world)
+        fit(cfg, run_dir, recipe, None, device, None, world)
+        return run_dir
     console.print(f"run {tracker.run_id}  ({run_dir})")
     try:
-        recipe = family.recipe(cfg, data, device, resume=bool(resume))
-        counters = fit(cfg, run_dir, recipe, tracker, device, periodic_evaluation(cfg, data, recipe, device))
+        recipe = family.recipe(cfg, data, device, resume=bool(resume), world=world)
+        counters = fit(cfg, run_dir, recipe, tracker, device, periodic_evaluation(cfg, data, recipe, device), world)
         summary = {"family": cfg.model.family, "arch": cfg.model.arch, **recipe.summary(), "steps": cfg.train.steps,
                    "examples_per_step": family.examples_per_step(cfg),
                    "flops": counters["flops"], "epochs": counters["epochs"],
-                   "train_seconds": counters["train_seconds"], "device": str(device)}
+                   "train_seconds": counters["train_seconds"], "device": str(device),
+                   **throughput(counters, family.examples_per_step(cfg), cfg.train.steps, device, world.size,
+                                cfg.train.precision)}
         atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=1).encode())
-        tracker.set_tags({k: v for k, v in summary.items() if k in ("dataset", "dataset_version", "device")})
-        tracker.log_metrics({k: summary[k] for k in ("flops", "epochs", "train_seconds", "data_size", "params")},
-                            cfg.train.steps)
+        tracker.set_tags({k: v for k, v in summary.items() if k in ("dataset", "dataset_version", "device",
+                                                                    "peak_flops_source")})
+        tracker.log_metrics({k: summary[k] for k in ("flops", "epochs", "train_seconds", "data_size", "params",
+                                                     "world_size", "examples_per_second", "mfu")
+                             if summary.get(k) is not None}, cfg.train.steps)
         sampler = recipe.sampler()
         for path in family.write_samples(cfg, data, sampler, run_dir):
             tracker.log_artifact(path)

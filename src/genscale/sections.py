@@ -109,6 +109,9 @@ class TrainBase(Strict):
     checkpoint_every: Int = Doc(500, "steps between checkpoints (one is always written at the end)", ge=1)
     log_every: Int = Doc(50, "steps between metric logs and the non-finite loss check", ge=1)
     seed: Int = Doc(0, "training seed: initialisation, noise and batch order")
+    gpus: Int = Doc(1, "data-parallel processes (DDP): GPUs with CUDA, else CPU processes (gloo); batch_size "
+                    "stays the global batch. `genscale train --nproc N` sets it; under torchrun the world size",
+                    ge=1)
 
 
 class EvalBase(Strict):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from genscale.errors import GenscaleError
+from genscale.train.distributed import draw_rows
 
 REAL_OPS = ("hflip", "rotate", "translate", "scale", "jitter")  # classical, on real images only
 DIFF_OPS = ("diff-color", "diff-translation", "diff-cutout")  # DiffAugment, on real and fake in the GAN step
@@ -60,8 +61,9 @@ def _check_ops(ops: tuple[str, ...], allowed: tuple[str, ...], what: str) -> Non
 
 
 def _uniform(n: int, low: float, high: float, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(n,) draws from U[low, high), made in float32 on x's device and cast to x's dtype."""
-    u = torch.rand(n, generator=generator, device=x.device, dtype=torch.float32)
+    """(n,) draws from U[low, high), made in float32 on x's device and cast to x's dtype; n counts a batch's rows
+    (or k per row, contiguous), so a data-parallel rank draws for the global batch (`draw_rows`)."""
+    u = draw_rows(lambda m: torch.rand(m, generator=generator, device=x.device, dtype=torch.float32), n)
     return (low + (high - low) * u).to(x.dtype)
 
 
@@ -122,7 +124,7 @@ def augment_real(x: torch.Tensor, ops: tuple[str, ...], generator: torch.Generat
         return x
     b, _, h, w = x.shape
     if "hflip" in ops:
-        flip = torch.rand(b, generator=generator, device=x.device, dtype=torch.float32) < 0.5  # (B,)
+        flip = draw_rows(lambda m: torch.rand(m, generator=generator, device=x.device), b) < 0.5  # (B,)
         x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
     if any(op in ops for op in ("rotate", "translate", "scale")):
         f32 = torch.empty(0, device=x.device, dtype=torch.float32)  # the matrix is built in float32, even for bf16
@@ -170,8 +172,8 @@ def diff_translation(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     {-s, ..., s} with s = H/8 (W/8 for x) rounded half up, y and x independently; the uncovered area is 0."""
     b, _, h, w = x.shape
     sy, sx = int(h * DIFF_TRANSLATION_RATIO + 0.5), int(w * DIFF_TRANSLATION_RATIO + 0.5)
-    dy = torch.randint(-sy, sy + 1, (b,), generator=generator, device=x.device)
-    dx = torch.randint(-sx, sx + 1, (b,), generator=generator, device=x.device)
+    dy = draw_rows(lambda m: torch.randint(-sy, sy + 1, (m,), generator=generator, device=x.device), b)
+    dx = draw_rows(lambda m: torch.randint(-sx, sx + 1, (m,), generator=generator, device=x.device), b)
     return shift_integer(x, dy, dx)
 
 
@@ -184,8 +186,10 @@ def diff_cutout(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """
     b, _, h, w = x.shape
     ch, cw = int(h * DIFF_CUTOUT_RATIO + 0.5), int(w * DIFF_CUTOUT_RATIO + 0.5)
-    top = torch.randint(0, h + 1 - ch % 2, (b, 1), generator=generator, device=x.device) - ch // 2  # (B, 1)
-    left = torch.randint(0, w + 1 - cw % 2, (b, 1), generator=generator, device=x.device) - cw // 2
+    top = draw_rows(lambda m: torch.randint(0, h + 1 - ch % 2, (m, 1), generator=generator, device=x.device),
+                    b) - ch // 2  # (B, 1)
+    left = draw_rows(lambda m: torch.randint(0, w + 1 - cw % 2, (m, 1), generator=generator, device=x.device),
+                     b) - cw // 2
     rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     in_rows = (rows >= top) & (rows < top + ch)  # (B, H)
     in_cols = (cols >= left) & (cols < left + cw)  # (B, W)

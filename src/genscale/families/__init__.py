@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from genscale.config import RunConfig
     from genscale.sections import Strict
+    from genscale.train.distributed import World
     from genscale.train.loop import Evaluation, Recipe
 
 
@@ -73,8 +74,9 @@ class Family(Protocol):
         """Unique training examples before data.size cuts them (images, or tokens)."""
         ...
 
-    def recipe(self, cfg: RunConfig, data: Any, device: torch.device, *, resume: bool) -> Recipe:
-        """The training recipe the shared loop drives (train/loop.py `Recipe`)."""
+    def recipe(self, cfg: RunConfig, data: Any, device: torch.device, *, resume: bool, world: World) -> Recipe:
+        """The training recipe the shared loop drives (train/loop.py `Recipe`), this rank's part of it in a
+        data-parallel `world` (train/distributed.py: its own rows, synced gradients and batch norm)."""
         ...
 
     def new_run_files(self, data: Any, run_dir: Path) -> list[Path]:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from genscale.config import RunConfig
     from genscale.data.datasets import DataSplits
     from genscale.train.ddpm import DdpmSampler
+    from genscale.train.distributed import World
 
 
 def presets() -> dict[str, dict[str, dict[str, Any]]]:
@@ -76,7 +77,7 @@ def check_sampling(cfg: RunConfig) -> None:
         raise GenscaleError(f"eval.sampling_steps: {str(err).removeprefix('steps: ')}") from None
 
 
-def build_recipe(cfg: RunConfig, data: DataSplits, device: torch.device):
+def build_recipe(cfg: RunConfig, data: DataSplits, device: torch.device, world: World):
     from genscale.data.augment import parse_augment
     from genscale.errors import GenscaleError
     from genscale.train.ddpm import DdpmRecipe
@@ -85,7 +86,7 @@ def build_recipe(cfg: RunConfig, data: DataSplits, device: torch.device):
     if parse_augment(cfg.data.augment)[1]:
         raise GenscaleError(f"data.augment: '{cfg.data.augment}': DiffAugment belongs to a GAN's discriminator; a "
                             "diffusion model takes the classical ones (hflip, rotate, translate, scale, jitter)")
-    return DdpmRecipe(cfg, data, device)
+    return DdpmRecipe(cfg, data, device, world)
 
 
 def sampler_from_checkpoint(cfg: RunConfig, tensors: dict[str, torch.Tensor], sidecar: dict[str, Any],

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from genscale.config import RunConfig
     from genscale.data.datasets import DataSplits
+    from genscale.train.distributed import World
 
 
 def presets() -> dict[str, dict[str, dict[str, Any]]]:
@@ -65,10 +66,10 @@ class GanSampler:
         return generate_images(self.g, n, z_dim=self.z_dim, seed=seed, device=self.device)
 
 
-def build_recipe(cfg: RunConfig, data: DataSplits, device: torch.device):
+def build_recipe(cfg: RunConfig, data: DataSplits, device: torch.device, world: World):
     from genscale.train.gan import GanRecipe
 
-    return GanRecipe(cfg, data, device)
+    return GanRecipe(cfg, data, device, world)
 
 
 def sampler_from_checkpoint(cfg: RunConfig, tensors: dict[str, torch.Tensor], sidecar: dict[str, Any],

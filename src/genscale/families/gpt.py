@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from genscale.data.tokenizer import TextTokenizer
     from genscale.data.tokens import TextData
     from genscale.models.gpt import GPT
+    from genscale.train.distributed import World
     from genscale.train.loop import Evaluation
 
 
@@ -152,11 +153,11 @@ class GptFamily:
     def full_size(self, data: TextData) -> int:
         return len(data.train_full)
 
-    def recipe(self, cfg: RunConfig, data: TextData, device: torch.device, *, resume: bool):
+    def recipe(self, cfg: RunConfig, data: TextData, device: torch.device, *, resume: bool, world: World):
         """A new fine-tuning run starts from its init_from run's weights (a resumed one from its own checkpoint)."""
         from genscale.train.gpt import GptRecipe
 
-        return GptRecipe(cfg, data, device, init_dir=None if resume else init_run_dir(cfg))
+        return GptRecipe(cfg, data, device, init_dir=None if resume else init_run_dir(cfg), world=world)
 
     def new_run_files(self, data: TextData, run_dir: Path) -> list[Path]:
         """The tokenizer: sampling and fine-tuning use exactly this one."""

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from genscale.config import RunConfig
     from genscale.data.datasets import DataSplits
     from genscale.families import ImageSampler
+    from genscale.train.distributed import World
     from genscale.train.loop import Evaluation, Recipe
 
 SAMPLE_SEED = 1234  # fixed noise for sample grids, so grids of different runs are comparable
@@ -62,7 +63,7 @@ class ImageFamily:
     eval_config: type[Strict]
     labels: dict[str, str]
     presets: Callable[[], dict[str, dict[str, dict[str, Any]]]]
-    build_recipe: Callable[[RunConfig, DataSplits, torch.device], Recipe]
+    build_recipe: Callable[[RunConfig, DataSplits, torch.device, World], Recipe]
     sampler_from_checkpoint: Callable[[RunConfig, dict[str, torch.Tensor], dict[str, Any], torch.device],
                                       ImageSampler]
     count_flops: Callable[[RunConfig, tuple[int, int, int]], int]  # one training step, on the CPU
@@ -94,8 +95,9 @@ class ImageFamily:
     def full_size(self, data: DataSplits) -> int:
         return len(data.full_train)
 
-    def recipe(self, cfg: RunConfig, data: DataSplits, device: torch.device, *, resume: bool) -> Recipe:
-        return self.build_recipe(cfg, data, device)
+    def recipe(self, cfg: RunConfig, data: DataSplits, device: torch.device, *, resume: bool,
+               world: World) -> Recipe:
+        return self.build_recipe(cfg, data, device, world)
 
     def new_run_files(self, data: DataSplits, run_dir: Path) -> list[Path]:
         return []

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from genscale.config import RunConfig
     from genscale.data.datasets import DataSplits
+    from genscale.train.distributed import World
     from genscale.train.vae import VaeSampler
 
 KEY_NELBO = "nelbo"  # negative ELBO, nats per image (beta = 1: the bound, whatever beta trained the model)
@@ -61,14 +62,14 @@ class VaeEvalConfig(ImageEvalConfig):
                            "whole test split)", ge=1)
 
 
-def build_recipe(cfg: RunConfig, data: DataSplits, device: torch.device):
+def build_recipe(cfg: RunConfig, data: DataSplits, device: torch.device, world: World):
     from genscale.errors import GenscaleError
     from genscale.train.vae import VaeRecipe
 
     if cfg.data.augment not in ("", "none"):
         raise GenscaleError(f"data.augment: '{cfg.data.augment}': augmentation is not built for the vae family "
                             "(its likelihood is of the stored 8-bit images)")
-    return VaeRecipe(cfg, data, device)
+    return VaeRecipe(cfg, data, device, world)
 
 
 def sampler_from_checkpoint(cfg: RunConfig, tensors: dict[str, torch.Tensor], sidecar: dict[str, Any],

@@ -17,6 +17,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from genscale.errors import GenscaleError
+from genscale.train.distributed import draw_rows
 
 SCHEDULES = ("linear", "cosine")  # config `schedule`
 SAMPLERS = ("ddpm", "ddim")  # config `sampler`
@@ -119,21 +120,24 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cump
 
 
 def diffusion_loss(unet: nn.Module, x0: torch.Tensor, y: torch.Tensor | None, *, alphas_cumprod: torch.Tensor,
-                   generator: torch.Generator, p_uncond: float) -> torch.Tensor:
+                   generator: torch.Generator, p_uncond: float, denoiser: nn.Module | None = None) -> torch.Tensor:
     """Ho et al. 2020's L_simple: E ||ε - ε_θ(x_t, t, y)||² at t ~ Uniform{0..T-1}, ε ~ N(0, I); a scalar.
 
     With labels y (B,), each is replaced by the null label with probability p_uncond, so one network learns both
     ε(x_t, t, y) and ε(x_t, t) (Ho & Salimans 2022, Algorithm 1). Every draw (t, then ε, then the label dropout)
     comes from `generator`, on its own device, so a run resumed with the generator's state repeats bit for bit.
+    `denoiser`: what is called to predict ε (unet's data-parallel wrapper); default unet itself.
     """
     b, gen_device = x0.shape[0], generator.device
-    t = torch.randint(0, alphas_cumprod.shape[0], (b,), generator=generator, device=gen_device).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
+    t = draw_rows(lambda m: torch.randint(0, alphas_cumprod.shape[0], (m,), generator=generator, device=gen_device),
+                  b).to(x0.device)
+    noise = draw_rows(lambda m: torch.randn((m, *x0.shape[1:]), generator=generator, device=gen_device,
+                                            dtype=x0.dtype), b).to(x0.device)
     if y is not None:
-        drop = torch.rand(b, generator=generator, device=gen_device).to(x0.device) < p_uncond
+        drop = draw_rows(lambda m: torch.rand(m, generator=generator, device=gen_device), b).to(x0.device) < p_uncond
         y = torch.where(drop, torch.full_like(y, unet.null_label), y)
     x_t = q_sample(x0, t, noise, alphas_cumprod)  # (B, C, H, W)
-    return F.mse_loss(unet(x_t, t, y), noise)
+    return F.mse_loss((denoiser or unet)(x_t, t, y), noise)
 
 
 # --- reverse process --------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genscale.errors import GenscaleError
+from genscale.train.distributed import draw_rows
 
 PRESETS: dict[str, dict[str, dict[str, int]]] = {
     # vae-mlp: one hidden layer of `hidden` ReLU units in the encoder and in the decoder
@@ -204,8 +205,9 @@ class ConvDecoder(nn.Module):
 
 def _draw_normal(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """N(0, 1) noise from `generator`, drawn on the generator's device and moved to `like`'s: a CPU generator gives
-    the same noise whatever device the model is on."""
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+    the same noise whatever device the model is on. shape[0] is the batch's rows (`draw_rows`)."""
+    return draw_rows(lambda m: torch.randn((m, *shape[1:]), generator=generator, device=generator.device,
+                                           dtype=like.dtype), shape[0]).to(like.device)
 
 
 class VAE(nn.Module):
@@ -219,6 +221,10 @@ class VAE(nn.Module):
             raise GenscaleError(f"model.likelihood: '{likelihood}' is not one of {', '.join(LIKELIHOODS)}")
         self.encoder, self.decoder = encoder, decoder
         self.image_shape, self.latent_dim, self.likelihood = tuple(image_shape), latent_dim, likelihood
+
+    def forward(self, x_uint8: torch.Tensor, *, beta: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """`elbo_terms` of a batch: the training step calls the model (or its data-parallel wrapper) this way."""
+        return elbo_terms(self, x_uint8, beta=beta, generator=generator)
 
     def encode(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior q(z|x) = N(mu, diag exp(logvar)) of uint8 images (B, C, H, W): mu and logvar, (B, L) each."""

@@ -263,9 +263,10 @@ def _phrase(ch: dict[str, Any], metric: str) -> str:
     return f"{word} {metric} by {_fmt(abs(ch['change']))} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def verdict(s: Surface, d0: float, c0: float, metric: str, fit_cfg: dict[str, Any], unit: str = "unique examples"
-            ) -> dict[str, Any]:
-    """Predicted change of the metric from 2x unique data and from 2x compute at (D0, C0), and which wins."""
+def verdict(s: Surface, d0: float, c0: float, metric: str, fit_cfg: dict[str, Any], unit: str = "unique examples",
+            gpus: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Predicted change of the metric from 2x unique data and from 2x compute at (D0, C0), and which wins; and what
+    2x GPUs at equal wall time buys, from the measured scaling efficiency `gpus` (`gpu_scaling`)."""
     level, factor = fit_cfg["level"], fit_cfg["max_extrapolation"]
     (c_lo, c_hi), (d_lo, d_hi) = _range(s, "C"), _range(s, "D")
     problems = []
@@ -301,9 +302,62 @@ def verdict(s: Surface, d0: float, c0: float, metric: str, fit_cfg: dict[str, An
                    "longer training, more sizes — would identify it)."}[decision]
     return {"decision": decision, "sentence": sentence, "D0": d0, "C0": c0, "law": s.name, "data_2x": data,
             "compute_2x": compute,
-            "gpus_2x": {"note": "not measured: no train.gpus trials were run (data-parallel training is not built "
-                                "yet), so no number is given; at equal wall time 2x GPUs can at best buy what 2x "
-                                "compute buys above, and less by the data-parallel efficiency of this hardware"}}
+            "gpus_2x": gpus_arm(s, d0, c0, metric, level, gpus)}
+
+
+GPU_AXIS = "train.gpus"
+
+
+def gpu_scaling(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Measured data-parallel scaling of the trials of a train.gpus axis: every trial's world size and throughput
+    (examples per second), its efficiency against the world-size-1 trial equal to it in every other axis
+    (throughput ratio / world size), and the efficiency of doubling the world (g -> 2g) over all such pairs."""
+    def rest(r: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in r["axes"].items() if k != GPU_AXIS}, sort_keys=True, default=str)
+
+    measured = [r for r in results if r.get("examples_per_second") and r.get("world_size")]
+    by_config: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in measured:
+        by_config.setdefault(rest(r), {})[int(r["world_size"])] = r
+    rows, doubling = [], []
+    for sizes in by_config.values():
+        single = sizes.get(1)
+        for g, r in sorted(sizes.items()):
+            rows.append({"trial": r["trial"], "world_size": g,
+                         "config": " ".join(f"{k}={v}" for k, v in r["axes"].items() if k != GPU_AXIS),
+                         "examples_per_second": r["examples_per_second"],
+                         "step_seconds": r.get("step_seconds"), "mfu": r.get("mfu"),
+                         "efficiency": r["examples_per_second"] / (g * single["examples_per_second"])
+                         if single else None})
+            if 2 * g in sizes:
+                doubling.append({"from": g, "trial": r["trial"], "to_trial": sizes[2 * g]["trial"],
+                                 "efficiency": sizes[2 * g]["examples_per_second"] / (2 * r["examples_per_second"])})
+    effs = [d["efficiency"] for d in doubling]
+    return {"trials": rows, "doubling": doubling,
+            "efficiency": {"median": float(np.median(effs)), "low": min(effs), "high": max(effs), "pairs": len(effs)}
+            if effs else None}
+
+
+def gpus_arm(s: Surface, d0: float, c0: float, metric: str, level: float, gpus: dict[str, Any] | None
+             ) -> dict[str, Any]:
+    """2x GPUs at equal wall time = the compute of 2 e x C0 devices-seconds, e the measured efficiency of doubling
+    the world for this model and batch; its interval spans the law's bootstrap at the lowest and highest measured
+    e. Nothing measured: a note, no number (no assumed efficiency of 1)."""
+    eff = (gpus or {}).get("efficiency")
+    if not eff:
+        return {"note": "not measured: this study has no train.gpus trials (add e.g. `train.gpus: [1, 2]` to its "
+                        "axes), so no number is given; at equal wall time 2x GPUs buys at most what 2x compute buys "
+                        "above, less by this hardware's data-parallel efficiency"}
+    at = {k: _change(s, (c0, d0), (2 * eff[k] * c0, d0), level, "compute") for k in ("median", "low", "high")}
+    change = at["median"]
+    bounds = [v for k in ("low", "high") if at[k]["interval"] for v in at[k]["interval"]]
+    change = {**change, "interval": [min(bounds), max(bounds)] if bounds and change["identified"] else None}
+    spread = (f"{eff['median']:.2f} [{eff['low']:.2f}, {eff['high']:.2f}]" if eff["pairs"] > 1
+              else f"{eff['median']:.2f} (one pair)")
+    return {**change, "efficiency": eff, "speedup": 2 * eff["median"],
+            "note": f"measured scaling efficiency of doubling the processes {spread} over {eff['pairs']} "
+                    f"trial pair{'s' if eff['pairs'] > 1 else ''}, i.e. {2 * eff['median']:.2f}x the compute; "
+                    f"predicted to {_phrase(change, metric)}"}
 
 
 def _range(s: Surface, key: str) -> tuple[float, float]:
@@ -455,6 +509,8 @@ def analyse(results: list[dict[str, Any]], *, metric: str, fit_cfg: dict[str, An
                            "comparisons": comparisons, "laws_fitted_at": {a: vals[0] for a, vals in treatments.items()}}
     c0 = operating_flops or (max(p["C"] for p in pts) if pts else None)
     d0 = float(operating_data_size)
+    if GPU_AXIS in (axes or {}):
+        out["gpus"] = gpu_scaling(grid)
 
     def record(name: str, fitted: tuple[Law, list[Law]] | str) -> tuple[Law, list[Law]] | None:
         if isinstance(fitted, str):
@@ -489,7 +545,7 @@ def analyse(results: list[dict[str, Any]], *, metric: str, fit_cfg: dict[str, An
         model = max(pts, key=lambda p: p["C"])
         k = float(np.median([p["C"] / (p["N"] * p["examples_seen"]) for p in pts]))
         s = Surface(chosen, law, boots, n0=float(model["N"]), k=k, hidden=tuple(not_identified(law, boots)))
-        v = verdict(s, d0, c0, metric, fit_cfg, unit)
+        v = verdict(s, d0, c0, metric, fit_cfg, unit, out.get("gpus"))
         v["surface"] = {"name": chosen, "n0": s.n0, "k": s.k}  # what surface_of needs to rebuild it for plots
         verified = _verified(s, checks, pts, metric, fit_cfg)
         v["validation"] = validation(check, chosen, verified)

@@ -14,6 +14,7 @@ checkpoints.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -177,28 +178,48 @@ def _redirect_output(path: Path) -> None:
     os.close(fd)
 
 
+def train_trial(study_dir: str, trial_id: str) -> None:
+    """Train (or continue) one trial in its folder: what each rank of a data-parallel trial runs, too."""
+    from genscale.pipeline import train
+
+    folder = Path(study_dir) / "trials" / trial_id
+    plan = read_plan(Path(study_dir))
+    entry = next(t for t in plan["trials"] if t["id"] == trial_id)
+    if (folder / "config.yaml").exists():
+        train(resume=str(folder))
+    else:
+        cfg = saved_config(entry["config"], f"plan.json trial {trial_id}")
+        train(cfg, run_dir=folder, tags={"mlflow.parentRunId": plan["parent_run_id"],
+                                         "genscale.study": plan["name"], "genscale.trial": trial_id})
+
+
 def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[str, Any]:
     """Run (or continue) one trial to the end; returns its result, or {'error': ...} if it failed.
 
     Runs inside its own Ray worker process. The result is written last, so a trial with a result.json is
-    complete; anything else is rerun by `resume`, continuing from the trial's own checkpoints.
+    complete; anything else is rerun by `resume`, continuing from the trial's own checkpoints. A trial of
+    train.gpus N > 1 starts its N ranks from this worker (train/distributed.py `launch`), so they share its node.
     """
     os.environ.update(env)
-    from genscale.pipeline import tracked_run_id, train
+    from genscale.pipeline import tracked_run_id
+    from genscale.train.distributed import launch
 
     folder = Path(study_dir) / "trials" / trial_id
     folder.mkdir(parents=True, exist_ok=True)
     _redirect_output(folder / "log.txt")
     plan = read_plan(Path(study_dir))
     entry = next(t for t in plan["trials"] if t["id"] == trial_id)
+    gpus = saved_config(entry["config"], f"plan.json trial {trial_id}").train.gpus
     started = time.time()
     try:
-        if (folder / "config.yaml").exists():
-            train(resume=str(folder))
+        if gpus > 1:
+            status = launch(["-m", "genscale.study.execute", study_dir, trial_id], gpus,
+                            threads=int(env.get("OMP_NUM_THREADS", 1)))
+            if status:
+                raise GenscaleError(f"its {gpus} data-parallel processes failed (exit status {status}); the first "
+                                    f"error is in {folder / 'log.txt'}")
         else:
-            cfg = saved_config(entry["config"], f"plan.json trial {trial_id}")
-            train(cfg, run_dir=folder, tags={"mlflow.parentRunId": plan["parent_run_id"],
-                                             "genscale.study": plan["name"], "genscale.trial": trial_id})
+            train_trial(study_dir, trial_id)
     except (KeyboardInterrupt, SystemExit):
         # interrupted, not failed: Ray tears the worker down this way when the study's driver dies; the trial stays
         # in flight and `study resume` continues it from its checkpoints (a late error.json would race the resume)
@@ -218,6 +239,8 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
         "examples_seen": summary["steps"] * summary["examples_per_step"],
         "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
         "wall_seconds": time.time() - started, "device": summary["device"],
+        **{k: summary.get(k) for k in ("world_size", "step_seconds", "examples_per_second", "mfu",
+                                       "peak_flops_source")},
         "dataset": summary["dataset"], "dataset_version": summary["dataset_version"],
         "metrics": {k: v["value"] for k, v in metrics.items() if k != KEY_SAMPLING_SECONDS},  # a time varies by run
         KEY_SAMPLING_SECONDS: metrics.get(KEY_SAMPLING_SECONDS, {}).get("value"),
@@ -246,7 +269,17 @@ def prepare_evaluation(trial: Trial, study_dir: Path, metric: str) -> None:
     _write_json(study_dir / "floor.json", family_of(cfg).floor(cfg, load_data(cfg), metric))
 
 
-def _start_ray(workers: int, cpus_per_trial: float, gpus_per_trial: float, address: str | None):
+def trial_resources(trial: Trial, res: dict[str, float]) -> dict[str, float]:
+    """What a trial asks Ray for: a trial of train.gpus N takes N GPUs (with GPUs per trial), else N CPU workers'
+    cores (N gloo processes); one Ray task launches all its ranks, so they always share one node."""
+    n = trial.config.train.gpus
+    if res["gpus_per_trial"] > 0:
+        return {"num_cpus": res["cpus_per_trial"], "num_gpus": res["gpus_per_trial"] * n}
+    return {"num_cpus": res["cpus_per_trial"] * n, "num_gpus": 0}
+
+
+def _start_ray(workers: int, cpus_per_trial: float, gpus_per_trial: float, address: str | None,
+               largest: dict[str, float] | None = None):
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, private instance: no token to manage
@@ -255,8 +288,10 @@ def _start_ray(workers: int, cpus_per_trial: float, gpus_per_trial: float, addre
                               "configure_logging": True}
     if address:
         ray.init(address=address, **kwargs)
-    else:  # exactly `workers` trials fit at once
-        ray.init(num_cpus=max(1, round(workers * cpus_per_trial)), num_gpus=round(workers * gpus_per_trial),
+    else:  # exactly `workers` trials fit at once (and at least the largest trial)
+        largest = largest or {"num_cpus": cpus_per_trial, "num_gpus": gpus_per_trial}
+        ray.init(num_cpus=max(1, round(workers * cpus_per_trial), math.ceil(largest["num_cpus"])),
+                 num_gpus=max(round(workers * gpus_per_trial), math.ceil(largest["num_gpus"])),
                  object_store_memory=100 * 1024**2, **kwargs)
     return ray
 
@@ -324,7 +359,9 @@ def _report_trial(ray, ref, trial: Trial, study_dir: Path, metric: str, out) -> 
 
 def _run_on_ray(study_dir: Path, pending: list[Trial], workers: int, res: dict[str, float],
                 ray_address: str | None, metric: str) -> None:
-    ray = _start_ray(workers, res["cpus_per_trial"], res["gpus_per_trial"], ray_address)
+    demands = {t.id: trial_resources(t, res) for t in pending}
+    largest = max(demands.values(), key=lambda d: (d["num_cpus"], d["num_gpus"]))
+    ray = _start_ray(workers, res["cpus_per_trial"], res["gpus_per_trial"], ray_address, largest)
     env = {"GENSCALE_RUNS": str(runs_dir().absolute()), "GENSCALE_CACHE": str(cache_dir().absolute()),
            "OMP_NUM_THREADS": str(max(1, int(res["cpus_per_trial"])))}
     if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -332,7 +369,7 @@ def _run_on_ray(study_dir: Path, pending: list[Trial], workers: int, res: dict[s
     remote = ray.remote(num_cpus=res["cpus_per_trial"], num_gpus=res["gpus_per_trial"], max_calls=1,
                         max_retries=0)(execute_trial)
     try:
-        futures = {remote.remote(str(study_dir), t.id, env): t for t in pending}
+        futures = {remote.options(**demands[t.id]).remote(str(study_dir), t.id, env): t for t in pending}
         steps = {t.id: t.config.train.steps for t in pending}
         finished: set[str] = set()
         failed = 0
@@ -361,3 +398,14 @@ def load_results(study_dir: Path, plan: dict[str, Any]) -> tuple[list[dict[str, 
         elif (folder / "error.json").exists():
             failed.append(json.loads((folder / "error.json").read_text()))
     return done, failed
+
+
+if __name__ == "__main__":  # one rank of a data-parallel trial: python -m genscale.study.execute STUDY_DIR TRIAL_ID
+    import typer
+
+    from genscale.cli import friendly
+
+    try:
+        friendly(train_trial)(*sys.argv[1:3])
+    except typer.Exit as done:
+        sys.exit(done.exit_code)

@@ -240,6 +240,26 @@ def _plots(done: list[dict[str, Any]], analysis: dict[str, Any], folder: Path) -
         ax.set_title(f"residuals of {law.name} (rmse {_fmt_value(surface.get('rmse_log'), '.3f')} in log units)",
                      fontsize=9)
         save(fig, "residuals", "log residuals of the fitted surface per trial")
+
+    scaling = (analysis.get("gpus") or {}).get("trials") or []
+    if scaling:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+        configs: dict[str, list[dict[str, Any]]] = {}
+        for row in scaling:
+            configs.setdefault(row["config"], []).append(row)
+        for name, rows in configs.items():
+            rows = sorted(rows, key=lambda r: r["world_size"])
+            sizes = [r["world_size"] for r in rows]
+            left.plot(sizes, [r["examples_per_second"] for r in rows], "o-", label=name[:24])
+            if all(r["efficiency"] is not None for r in rows):
+                right.plot(sizes, [r["efficiency"] for r in rows], "o-")
+        right.axhline(1, color="grey", lw=1, ls="--")
+        left.set_xlabel("data-parallel processes (train.gpus)")
+        right.set_xlabel("data-parallel processes (train.gpus)")
+        left.set_ylabel(f"{words['unit']} per second")
+        right.set_ylabel("scaling efficiency vs 1 process")
+        left.legend(fontsize=6)
+        save(fig, "gpu_scaling", "measured throughput and scaling efficiency against the world size")
     return made
 
 
@@ -510,6 +530,16 @@ def _body_blocks(study_dir: Path, done: list[dict[str, Any]], analysis: dict[str
     out: list[tuple] = []
     for title, head, rows, lines in _comparison_tables(analysis):
         out += [("h2", title), ("table", head, rows), ("list", lines)]
+    scaling = analysis.get("gpus")
+    if scaling and scaling["trials"]:
+        out += [("h2", "Data-parallel scaling (train.gpus)"),
+                ("table", ["trial", "processes", f"{words['unit']}/s", "s/step", "efficiency vs 1", "MFU"],
+                 [[r["trial"], str(r["world_size"]), _fmt_value(r["examples_per_second"], ".4g"),
+                   _fmt_value(r["step_seconds"], ".3g"), _fmt_value(r["efficiency"], ".2f"),
+                   _fmt_value(r["mfu"], ".3g")] for r in scaling["trials"]]),
+                ("list", ["Throughput is each trial's own training time (evaluation excluded); trials that ran at "
+                          "the same time on one machine share its cores and memory bandwidth, so run the axis with "
+                          "`--workers 1` for clean numbers."])]
     out += [("h2", "Fits"), ("list", _law_lines(analysis, words)), ("h2", "Plots")]
     out += [("figures", [plot], None) for plot in plots]
     out += [("h2", "Trials"), ("table", *_trial_rows(done, analysis.get("failed", []), metric, words))]

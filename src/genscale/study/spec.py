@@ -26,9 +26,6 @@ ALIASES = {"seed": "train.seed", "init_from": "model.init_from"}
 SCALING_AXES = ("data.size", "model.size", "train.steps", "train.flops", "seed")
 # Axes whose values are different models: the laws are fitted to each value's trials separately, drawn on one plot.
 GROUP_AXES = ("model.family", "model.arch")
-NOT_BUILT = {
-    "train.gpus": "data-parallel training (DDP) is not built yet; each trial uses one device",
-}
 FORBIDDEN = {"eval.extractor": "every trial of a study must use one feature extractor (never mix them)",
              "name": "trials are named by the study", "tracking.uri": "a study tracks to one store",
              "tracking.experiment": "a study tracks to one experiment"}
@@ -139,8 +136,6 @@ def expand_grid(study: StudyConfig, base: dict[str, Any], origin: str = "study")
         raise GenscaleError(f"{origin}: 'axes' is empty; give at least one axis with values")
     keys = {}
     for axis, values in study.axes.items():
-        if axis in NOT_BUILT:
-            raise GenscaleError(f"{origin}: axis '{axis}' is not available: {NOT_BUILT[axis]}")
         key = ALIASES.get(axis, axis)
         if key in FORBIDDEN:
             raise GenscaleError(f"{origin}: axis '{axis}' cannot vary: {FORBIDDEN[key]}")

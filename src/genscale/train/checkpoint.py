@@ -158,10 +158,11 @@ def read_checkpoint(folder: Path, step: int) -> Checkpoint:
     return Checkpoint(step, tensors, sidecar)
 
 
-def load_checkpoint(folder: Path, step: int | None = None) -> Checkpoint:
+def load_checkpoint(folder: Path, step: int | None = None, *, quiet: bool = False) -> Checkpoint:
     """Checkpoint `step`, or the newest intact one; a GenscaleError naming every checkpoint tried when none is.
 
-    Passing over a newer, damaged checkpoint is said on the console, with the reason."""
+    Passing over a newer, damaged checkpoint is said on the console, with the reason (unless `quiet`: a
+    data-parallel rank other than 0, which reads the same files)."""
     steps = [step] if step is not None else checkpoint_steps(folder)
     if not steps:
         raise GenscaleError(f"{folder}: no checkpoint found")
@@ -172,7 +173,7 @@ def load_checkpoint(folder: Path, step: int | None = None) -> Checkpoint:
         except GenscaleError as e:
             passed_over.append(f"step {s}: {e}")
             continue
-        if passed_over:
+        if passed_over and not quiet:
             console.print(f"[yellow]warning:[/] {folder}: using checkpoint step {ckpt.step}; passed over "
                           + "; ".join(passed_over), highlight=False)
         return dataclasses.replace(ckpt, passed_over=tuple(passed_over))

@@ -19,6 +19,7 @@ from genscale.models.diffusion import alpha_bar, beta_schedule, diffusion_loss, 
 from genscale.models.gan import count_parameters
 from genscale.models.unet import UNet, build_unet
 from genscale.train.checkpoint import load_state, optimizer_from_flat, optimizer_to_flat, prefixed, unprefixed
+from genscale.train.distributed import SINGLE, World
 from genscale.train.machinery import BatchStream, count_flops, make_ema, seed_everything, to_unit_range
 
 
@@ -68,18 +69,19 @@ class DdpmRecipe:
 
     log_names = ("loss", "grad_norm", "lr")
 
-    def __init__(self, cfg: RunConfig, splits: DataSplits, device: torch.device):
+    def __init__(self, cfg: RunConfig, splits: DataSplits, device: torch.device, world: World = SINGLE):
         t, m = cfg.train, cfg.model
         self.cfg, self.splits, self.device = cfg, splits, device
         seed_everything(t.seed)
         labelled = num_classes_of(cfg, splits.num_classes)
         self.unet = build_model(cfg, splits.image_shape, labelled).to(device)
+        self.unet_sync = world.wrap(self.unet)  # gradients averaged over data-parallel ranks
         self.ema = make_ema(self.unet, t.ema_decay)
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=t.lr, betas=t.betas)
         self.noise = torch.Generator(device).manual_seed(t.seed)
         self.alphas_cumprod = alpha_bar(beta_schedule(m.schedule, m.timesteps)).to(device)
-        self.images = BatchStream(splits.train.x.to(device), t.batch_size, t.seed)
-        self.labels = BatchStream(splits.train.y.to(device), t.batch_size, t.seed) if labelled else None
+        self.images = BatchStream(splits.train.x.to(device), t.batch_size, t.seed, world)
+        self.labels = BatchStream(splits.train.y.to(device), t.batch_size, t.seed, world) if labelled else None
         self.real_ops, _ = parse_augment(cfg.data.augment)
 
     def step(self, step: int, autocast: Callable[[], Any], *, eager: bool = False) -> torch.Tensor:
@@ -92,7 +94,7 @@ class DdpmRecipe:
         self.unet.train()
         with autocast():
             loss = diffusion_loss(self.unet, x0, y, alphas_cumprod=self.alphas_cumprod, generator=self.noise,
-                                  p_uncond=self.cfg.model.p_uncond)
+                                  p_uncond=self.cfg.model.p_uncond, denoiser=self.unet_sync)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)

@@ -17,6 +17,7 @@ from genscale.data.augment import augment_real, diff_augment, parse_augment
 from genscale.data.datasets import DataSplits
 from genscale.models.gan import build_gan, count_parameters
 from genscale.train.checkpoint import load_state, optimizer_from_flat, optimizer_to_flat, prefixed, unprefixed
+from genscale.train.distributed import SINGLE, World, draw_rows, sync_batchnorm
 from genscale.train.machinery import (
     BatchStream,
     autocast_for,
@@ -61,10 +62,16 @@ class GanStep:
 
     `augment` is applied to every batch the discriminator sees, real and generated, in both updates
     (DiffAugment, Zhao et al. 2020): it must be differentiable so the generator's gradient passes through it.
+
+    `g_sync` / `d_sync` are the networks whose gradients are averaged over data-parallel ranks (World.wrap; the
+    networks themselves in one process). Each is called through its wrapper only in its own update: G without
+    gradients in D's, D (frozen) plainly in G's and in the gradient penalty (DDP has no double backward).
     """
 
     g: nn.Module
     d: nn.Module
+    g_sync: nn.Module
+    d_sync: nn.Module
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     loss: str
@@ -74,24 +81,30 @@ class GanStep:
     augment: Callable[[torch.Tensor], torch.Tensor] = identity
 
     def _z(self, n: int, device: torch.device) -> torch.Tensor:
-        return torch.randn(n, self.z_dim, generator=self.noise, device=device)
+        return draw_rows(lambda m: torch.randn(m, self.z_dim, generator=self.noise, device=device), n)
+
+    def _eps(self, n: int, device: torch.device) -> torch.Tensor:
+        """The gradient penalty's interpolation weights, (n, 1, 1, 1)."""
+        return draw_rows(lambda m: torch.rand(m, 1, 1, 1, generator=self.noise, device=device), n)
 
     def __call__(self, reals: list[torch.Tensor], autocast) -> torch.Tensor:
         """Returns detached [loss_d, loss_g] of this step, shape (2,)."""
         for real in reals:  # (B, C, H, W) in [-1, 1]
             with autocast():
-                fake = self.augment(self.g(self._z(len(real), real.device)).detach())
+                with torch.no_grad():
+                    fake = self.g(self._z(len(real), real.device))
+                fake = self.augment(fake)
                 real = self.augment(real)
-                loss_d = discriminator_loss(self.loss, self.d(real), self.d(fake))
+                loss_d = discriminator_loss(self.loss, self.d_sync(real), self.d_sync(fake))
                 if self.loss == "wgan-gp":
-                    eps = torch.rand(len(real), 1, 1, 1, generator=self.noise, device=real.device)
-                    loss_d = loss_d + self.gp_weight * gradient_penalty(self.d, real, fake, eps)
+                    loss_d = loss_d + self.gp_weight * gradient_penalty(self.d, real, fake, self._eps(len(real),
+                                                                                                   real.device))
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_d.step()
         self.d.requires_grad_(False)  # the G update needs gradients through D, not of D's weights
         with autocast():
-            fake = self.augment(self.g(self._z(len(reals[-1]), reals[-1].device)))
+            fake = self.augment(self.g_sync(self._z(len(reals[-1]), reals[-1].device)))
             loss_g = generator_loss(self.loss, self.d(fake))
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -128,11 +141,12 @@ class GanRun:
         torch.set_rng_state(tensors["rng.torch"])
 
 
-def build_gan_run(cfg: RunConfig, image_shape: tuple[int, int, int], device: torch.device) -> GanRun:
+def build_gan_run(cfg: RunConfig, image_shape: tuple[int, int, int], device: torch.device,
+                  world: World = SINGLE) -> GanRun:
     seed_everything(cfg.train.seed)
     m, t = cfg.model, cfg.train
     g, d = build_gan(m.arch, m.size, z_dim=m.z_dim, image_shape=image_shape, loss=m.loss)
-    g, d = g.to(device), d.to(device)
+    g, d = sync_batchnorm(g.to(device), world), sync_batchnorm(d.to(device), world)
     betas = t.betas
     return GanRun(g=g, d=d, ema=make_ema(g, t.ema_decay),
                   opt_g=torch.optim.Adam(g.parameters(), lr=t.lr_g, betas=betas),
@@ -140,11 +154,12 @@ def build_gan_run(cfg: RunConfig, image_shape: tuple[int, int, int], device: tor
                   noise=torch.Generator(device).manual_seed(t.seed))
 
 
-def gan_step(cfg: RunConfig, run: GanRun) -> GanStep:
+def gan_step(cfg: RunConfig, run: GanRun, world: World = SINGLE) -> GanStep:
     m = cfg.model
     _, policy = parse_augment(cfg.data.augment)
     augment = functools.partial(diff_augment, policy=policy, generator=run.noise) if policy else identity
-    return GanStep(run.g, run.d, run.opt_g, run.opt_d, m.loss, m.z_dim, m.gp_weight, run.noise, augment)
+    return GanStep(run.g, run.d, world.wrap(run.g), world.wrap(run.d), run.opt_g, run.opt_d, m.loss, m.z_dim,
+                   m.gp_weight, run.noise, augment)
 
 
 class GanRecipe:
@@ -153,11 +168,11 @@ class GanRecipe:
 
     log_names = ("loss_d", "loss_g")
 
-    def __init__(self, cfg: RunConfig, splits: DataSplits, device: torch.device):
+    def __init__(self, cfg: RunConfig, splits: DataSplits, device: torch.device, world: World = SINGLE):
         self.cfg, self.splits, self.device = cfg, splits, device
-        self.run = build_gan_run(cfg, splits.image_shape, device)
-        self.step_fn = gan_step(cfg, self.run)
-        self.stream = BatchStream(splits.train.x.to(device), cfg.train.batch_size, cfg.train.seed)
+        self.run = build_gan_run(cfg, splits.image_shape, device, world)
+        self.step_fn = gan_step(cfg, self.run, world)
+        self.stream = BatchStream(splits.train.x.to(device), cfg.train.batch_size, cfg.train.seed, world)
         self.real_ops, _ = parse_augment(cfg.data.augment)
 
     def step(self, step: int, autocast: Callable[[], Any], *, eager: bool = False) -> torch.Tensor:

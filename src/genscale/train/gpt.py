@@ -7,6 +7,7 @@ generator whose state is checkpointed, so a resumed run sees exactly the batches
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from genscale.train.checkpoint import (
     prefixed,
     unprefixed,
 )
+from genscale.train.distributed import SINGLE, World
 from genscale.train.machinery import autocast_for, count_flops, seed_everything
 
 
@@ -56,8 +58,13 @@ class TokenBatches:
         self.generator, self.device = generator, device
         self._window = np.arange(block_size + 1)
 
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
+    def starts(self) -> torch.Tensor:
+        """The next batch's window offsets, (B,): the draw alone (a data-parallel rank draws every batch)."""
+        return torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
+
+    def __call__(self, starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) at `starts` (default: the next draw), each (len(starts), T)."""
+        starts = self.starts() if starts is None else starts
         windows = torch.from_numpy(self.data[starts.numpy()[:, None] + self._window].astype(np.int64))  # (B, T+1)
         if self.device.type == "cuda":
             windows = windows.pin_memory().to(self.device, non_blocking=True)
@@ -99,21 +106,37 @@ def load_init_weights(model: GPT, init_dir: Path) -> None:
     model.load_state_dict(state)
 
 
+def micro_batches(world: World, grad_accum: int, batch_size: int) -> tuple[slice, slice]:
+    """(this rank's micro-batches of a step's `grad_accum`, its rows of each): the step is the same whatever the
+    world size. nanoGPT's rule first: the micro-batches are divided over the ranks (each rank accumulates
+    grad_accum / world size of them); when they do not divide, every micro-batch's rows are."""
+    if grad_accum % world.size == 0:
+        share = grad_accum // world.size
+        return slice(world.rank * share, (world.rank + 1) * share), slice(None)
+    if batch_size % world.size == 0:
+        return slice(None), world.rows(batch_size)
+    raise GenscaleError(f"train.grad_accum {grad_accum} and train.batch_size {batch_size}: neither divides over "
+                        f"{world.size} data-parallel processes (train.gpus); make one a multiple of {world.size}")
+
+
 class GptRecipe:
     """The GPT family for the shared loop. Per step: set the scheduled learning rate, accumulate gradients over
-    `grad_accum` micro-batches, clip the global norm, one AdamW update. Logs loss, gradient norm (before
-    clipping) and learning rate."""
+    `grad_accum` micro-batches (gradients averaged over data-parallel ranks on the last one only), clip the
+    global norm, one AdamW update. Logs loss, gradient norm (before clipping) and learning rate."""
 
     log_names = ("loss", "grad_norm", "lr")
 
-    def __init__(self, cfg: RunConfig, data: TextData, device: torch.device, *, init_dir: Path | None = None):
+    def __init__(self, cfg: RunConfig, data: TextData, device: torch.device, *, init_dir: Path | None = None,
+                 world: World = SINGLE):
         t = cfg.train
         self.cfg, self.data = cfg, data
         seed_everything(t.seed)
         self.model = build_model(cfg, data.tokenizer.vocab_size).to(device)
         if init_dir is not None:
             load_init_weights(self.model, init_dir)
-        self.forward: nn.Module = torch.compile(self.model) if t.compile else self.model
+        self.world, self.mine = world, micro_batches(world, t.grad_accum, t.batch_size)
+        self.synced = world.wrap(self.model)  # nanoGPT's order: DDP, then compile
+        self.forward: nn.Module = torch.compile(self.synced) if t.compile else self.synced
         self.opt = torch.optim.AdamW(decay_groups(self.model, t.weight_decay), lr=t.lr,
                                      betas=t.betas, fused=device.type == "cuda")
         self.generator = torch.Generator().manual_seed(t.seed)
@@ -130,20 +153,25 @@ class GptRecipe:
         lr = self.lr(step)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        model = self.model if eager else self.forward
-        model.train()
+        model = self.synced if eager else self.forward
+        self.model.train()
         total = torch.zeros((), device=self.model.lm_head.weight.device)
-        for _ in range(t.grad_accum):
-            x, y = self.batches()
-            with autocast():
-                _, loss = model(x, y)
-            (loss / t.grad_accum).backward()  # the mean over all micro-batches' tokens, as one big batch
+        draws = [self.batches.starts() for _ in range(t.grad_accum)]  # every rank draws all: one generator state
+        micro, rows = self.mine
+        mine = [starts[rows] for starts in draws[micro]]
+        for i, starts in enumerate(mine):
+            x, y = self.batches(starts)
+            last = i == len(mine) - 1
+            with contextlib.nullcontext() if last or self.world.size == 1 else self.synced.no_sync():
+                with autocast():
+                    _, loss = model(x, y)
+                (loss / len(mine)).backward()  # the mean over all micro-batches' tokens, as one big batch
             total += loss.detach()
         max_norm = t.grad_clip if t.grad_clip > 0 else math.inf  # inf: measure the norm, clip nothing
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return torch.stack([total / t.grad_accum, norm.detach(), torch.tensor(lr, device=total.device)]).float()
+        return torch.stack([total / len(mine), norm.detach(), torch.tensor(lr, device=total.device)]).float()
 
     def tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         t_opt, m_opt = optimizer_to_flat(self.opt, "opt")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 import yaml
 
 from genscale.config import RunConfig
-from genscale.errors import GenscaleError
+from genscale.errors import GenscaleError, RankStopped
 from genscale.paths import atomic_write_bytes, read_json
 from genscale.tracking import Tracker
 from genscale.train.checkpoint import (
@@ -30,7 +29,8 @@ from genscale.train.checkpoint import (
     remove_partial_writes,
     save_checkpoint,
 )
-from genscale.train.machinery import autocast_for, count_flops, progress_bar
+from genscale.train.distributed import SINGLE, World, rank_rows
+from genscale.train.machinery import autocast_for, clock, count_flops, progress_bar
 
 
 class NonFiniteLossError(GenscaleError):
@@ -116,46 +116,62 @@ def _first_non_finite(window: torch.Tensor, first_step: int, names: tuple[str, .
 
 
 def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, device: torch.device,
-        evaluation: Evaluation | None = None) -> dict[str, Any]:
+        evaluation: Evaluation | None = None, world: World = SINGLE) -> dict[str, Any]:
     """Train to cfg.train.steps, resuming from the run folder's newest intact checkpoint if there is one; returns
     the counters (flops_per_step, flops, train_seconds, epochs).
 
     Losses are checked for NaN/infinity at every log window and before every checkpoint, and the checkpoint
     store refuses non-finite tensors, so a diverged run stops at its last good checkpoint and never writes a
     poisoned one. With an `evaluation`, the metric is scored every `evaluation.every` steps and at the end (its
-    time is not counted as training time) and the best checkpoint so far is kept (MetricCurve)."""
+    time is not counted as training time) and the best checkpoint so far is kept (MetricCurve).
+
+    In a data-parallel `world` every rank runs this loop on its own rows (train/distributed.py); the logged values
+    are means over ranks, FLOPs the sum over ranks, and rank 0 alone logs, tracks, scores and writes files. A
+    checkpoint holds the state of the whole world (one model, one optimiser, the shared generators, and each
+    rank's torch generator for dropout), so it resumes at any world size."""
     t = cfg.train
     autocast = autocast_for(device, t.precision)
     ckpt_dir = run_dir / "checkpoints"
     step, counters, saved = 0, {"flops_per_step": None, "train_seconds": 0.0}, None
-    remove_partial_writes(ckpt_dir)
-    remove_partial_writes(run_dir / "best")
+    if world.main:
+        remove_partial_writes(ckpt_dir)
+        remove_partial_writes(run_dir / "best")
+    world.barrier()
+    if world.rank:  # dropout masks: each rank its own stream (rank 0 keeps the single process's)
+        torch.manual_seed(t.seed + 7919 * world.rank)
     if checkpoint_steps(ckpt_dir):  # files there but none intact is an error, never a silent restart from 0
-        ckpt = load_checkpoint(ckpt_dir)
+        ckpt = load_checkpoint(ckpt_dir, quiet=not world.main)
         recipe.restore(ckpt.tensors, ckpt.sidecar)
+        if world.rank:
+            own = ckpt.tensors.get(f"rng.torch.{world.rank}")
+            torch.set_rng_state(own) if own is not None else torch.manual_seed(t.seed + 7919 * world.rank + step)
         step, counters, saved = ckpt.step, ckpt.sidecar["counters"], ckpt.step
 
-    def diverged(problem: str) -> NonFiniteLossError:
+    def diverged(problem: str) -> GenscaleError:
         hint = f"; last good checkpoint: step {saved}" if saved is not None else ""
-        return NonFiniteLossError(f"training diverged at {problem}{hint} (try a lower learning rate)")
+        message = f"training diverged at {problem}{hint} (try a lower learning rate)"
+        # every rank sees the same means: rank 0 says it, the others stop quietly
+        return NonFiniteLossError(message) if world.main else RankStopped(message)
 
     def checked(window: list[torch.Tensor]) -> torch.Tensor:
-        values = torch.stack(window).cpu()  # (steps in window, values); one device sync per window
+        values = world.mean(torch.stack(window)).cpu()  # (steps in window, values); one sync per window
         problem = _first_non_finite(values, step - len(values) + 1, names)
         if problem:
             raise diverged(problem)
         return values
 
-    curve = MetricCurve(run_dir, evaluation) if evaluation else None
+    curve = MetricCurve(run_dir, evaluation) if evaluation and world.main else None
     names = recipe.log_names
     window: list[torch.Tensor] = []
-    started = time.perf_counter()
-    with progress_bar(t.steps, step, f"train {cfg.model.arch}") as update:
+    started = clock(device)
+    with progress_bar(t.steps, step, f"train {cfg.model.arch}", show=world.main) as update:
         while step < t.steps:
-            if counters["flops_per_step"] is None:  # count once; every step does the same work
-                values, counters["flops_per_step"] = count_flops(lambda: recipe.step(step, autocast, eager=True))  # noqa: B023
-            else:
-                values = recipe.step(step, autocast)
+            with rank_rows(world):
+                if counters["flops_per_step"] is None:  # count once; every step does the same work
+                    values, flops = count_flops(lambda: recipe.step(step, autocast, eager=True))  # noqa: B023
+                    counters["flops_per_step"] = world.total(flops)
+                else:
+                    values = recipe.step(step, autocast)
             window.append(values)
             step += 1
             if step % t.log_every == 0 or step == t.steps:
@@ -163,27 +179,33 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
                 window.clear()
                 if tracker:
                     tracker.log_metrics(means, step)
-                # for watchers without a terminal (a study's driver): where this run is, one small file
-                atomic_write_bytes(run_dir / "progress.json", json.dumps({"step": step, "steps": t.steps}).encode())
+                if world.main:  # for watchers without a terminal (a study's driver): where this run is
+                    atomic_write_bytes(run_dir / "progress.json",
+                                       json.dumps({"step": step, "steps": t.steps}).encode())
                 update(advance=0, **means)
             update(advance=1)
-            if curve and (step % curve.evaluation.every == 0 or step == t.steps):
+            if evaluation and (step % evaluation.every == 0 or step == t.steps):
                 if window:  # never score (or keep as best) weights whose losses went non-finite
                     checked(window)
-                scoring = time.perf_counter()
-                curve.add(step, curve.evaluation.score(), recipe, tracker, cfg)
-                started += time.perf_counter() - scoring
+                if curve:
+                    scoring = clock(device)
+                    curve.add(step, evaluation.score(), recipe, tracker, cfg)
+                    started += clock(device) - scoring
             if step % t.checkpoint_every == 0 or step == t.steps:
                 if window:  # a checkpoint can come before its log window ends: check what it holds first
                     checked(window)
-                counters["train_seconds"] += time.perf_counter() - started
-                started = time.perf_counter()
-                tensors, meta = recipe.tensors()
-                try:
-                    save_checkpoint(ckpt_dir, step, tensors, {**meta, "counters": counters,
-                                                              "config": cfg.model_dump(mode="json")})
-                except NonFiniteCheckpointError as e:
-                    raise diverged(f"the checkpoint of {e}") from None
+                counters["train_seconds"] += clock(device) - started
+                rng = world.gather(torch.get_rng_state())
+                if world.main:
+                    tensors, meta = recipe.tensors()
+                    tensors.update({f"rng.torch.{r}": state for r, state in enumerate(rng) if r})
+                    try:
+                        save_checkpoint(ckpt_dir, step, tensors, {**meta, "counters": counters, "world_size":
+                                                                  world.size, "config": cfg.model_dump(mode="json")})
+                    except NonFiniteCheckpointError as e:
+                        raise diverged(f"the checkpoint of {e}") from None
+                world.barrier()  # a rank that fails after this point finds this checkpoint on disk
+                started = clock(device)
                 saved = step
     counters["epochs"] = recipe.epochs(t.steps)
     counters["flops"] = (counters["flops_per_step"] or 0) * t.steps

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +17,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
 from genscale.errors import GenscaleError
+from genscale.train.distributed import SINGLE, World
 from genscale.ui import progress
 
 
@@ -103,13 +106,15 @@ class BatchStream:
 
     Batch i comes from epoch i // batches_per_epoch, whose permutation is drawn from seed + epoch; so a
     resumed run continues with exactly the batches an uninterrupted one would see. The last partial
-    batch of an epoch is dropped.
+    batch of an epoch is dropped. In a data-parallel world each rank gathers only its own rows of every
+    global batch (`batch_size` is the global batch).
     """
 
-    def __init__(self, data: torch.Tensor, batch_size: int, seed: int):
+    def __init__(self, data: torch.Tensor, batch_size: int, seed: int, world: World = SINGLE):
         if batch_size > len(data):
             raise GenscaleError(f"train.batch_size: {batch_size} exceeds the {len(data)} training examples")
-        self.data, self.batch_size, self.seed = data, batch_size, seed
+        world.share(batch_size, "train.batch_size")
+        self.data, self.batch_size, self.seed, self.world = data, batch_size, seed, world
         self.per_epoch = len(data) // batch_size
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
@@ -118,7 +123,7 @@ class BatchStream:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed + epoch)
             self._epoch, self._perm = epoch, torch.randperm(len(self.data), generator=g).to(self.data.device)
-        return self.data[self._perm[j * self.batch_size:(j + 1) * self.batch_size]]
+        return self.data[self._perm[j * self.batch_size:(j + 1) * self.batch_size][self.world.rows(self.batch_size)]]
 
     def epochs(self, batches: int) -> float:
         return batches * self.batch_size / len(self.data)
@@ -129,9 +134,76 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(127.5).sub_(1.0)
 
 
+# Dense peak FLOP/s of data-centre GPUs by precision (vendor datasheets, no sparsity): MFU's denominator.
+GPU_PEAKS = {  # name fragment: {precision: FLOP/s}
+    "H200": {"bf16": 989e12, "tf32": 494e12, "fp32": 67e12},
+    "H100": {"bf16": 989e12, "tf32": 494e12, "fp32": 67e12},  # SXM
+    "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    "L4": {"bf16": 121e12, "tf32": 60e12, "fp32": 30e12},
+    "A10": {"bf16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
+}
+_MEASURED_PEAKS: dict[tuple[str, str, int], float] = {}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 512, repeats: int = 10) -> float:
+    """Best FLOP/s of an n x n matmul on `device` (measured once per process): the peak of a device with no
+    datasheet entry, e.g. a CPU with torch's threads."""
+    key = (str(device), str(dtype), torch.get_num_threads())
+    if key not in _MEASURED_PEAKS:
+        a = torch.randn(n, n, device=device).to(dtype)
+        best = float("inf")
+        for _ in range(repeats + 1):
+            start = clock(device)
+            a @ a
+            best = min(best, clock(device) - start)
+        _MEASURED_PEAKS[key] = 2 * n ** 3 / best
+    return _MEASURED_PEAKS[key]
+
+
+def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
+    """(peak FLOP/s of one device at the precision training uses, where the number comes from)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        kind = "bf16" if precision in ("auto", "bf16") else ("tf32" if torch.backends.cuda.matmul.allow_tf32
+                                                               else "fp32")
+        for fragment, peaks in GPU_PEAKS.items():
+            if fragment in name:
+                return peaks[kind], f"{name} {kind} dense datasheet peak"
+        dtype = torch.bfloat16 if kind == "bf16" else torch.float32
+        return matmul_peak(device, dtype, 4096), f"{name}: measured {kind} 4096² matmul"
+    return (matmul_peak(device, torch.float32),
+            f"{device.type}: measured fp32 512² matmul, {torch.get_num_threads()} threads")
+
+
+def throughput(counters: dict[str, Any], examples_per_step: int, steps: int, device: torch.device,
+               world_size: int, precision: str) -> dict[str, Any]:
+    """What a run's training achieved: world size, seconds per step, examples and FLOPs per second, and MFU, the
+    achieved FLOP/s over the world's peak (Chowdhery et al. 2022, PaLM app. B; the peak is named)."""
+    seconds = counters["train_seconds"]
+    peak, source = peak_flops(device, precision)
+    rate = counters["flops"] / seconds if seconds > 0 else None
+    return {"world_size": world_size, "step_seconds": seconds / steps,
+            "examples_per_second": examples_per_step * steps / seconds if seconds > 0 else None,
+            "flops_per_second": rate, "peak_flops": peak * world_size, "peak_flops_source": source,
+            "mfu": rate / (peak * world_size) if rate else None}
+
+
+def clock(device: torch.device) -> float:
+    """perf_counter after the device's queued work is done (CUDA runs asynchronously: without the sync a step's
+    time would be the time to queue it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @contextlib.contextmanager
-def progress_bar(total: int, completed: int, description: str) -> Iterator[Callable[..., None]]:
-    """A rich progress bar with ETA and the latest losses; yields update(advance, **losses)."""
+def progress_bar(total: int, completed: int, description: str, *, show: bool = True
+                 ) -> Iterator[Callable[..., None]]:
+    """A rich progress bar with ETA and the latest losses; yields update(advance, **losses). `show=False` (a
+    data-parallel rank other than 0): the same calls, nothing shown."""
+    if not show:
+        yield lambda advance=1, **values: None
+        return
     with progress(TextColumn("{task.fields[info]}")) as bar:
         task = bar.add_task(description, total=total, completed=completed, info="")
 

@@ -13,8 +13,9 @@ import torch
 from genscale.config import RunConfig
 from genscale.data.datasets import DataSplits
 from genscale.models.gan import count_parameters
-from genscale.models.vae import VAE, build_vae, elbo_terms
+from genscale.models.vae import VAE, build_vae
 from genscale.train.checkpoint import load_state, optimizer_from_flat, optimizer_to_flat, prefixed, unprefixed
+from genscale.train.distributed import SINGLE, World
 from genscale.train.machinery import BatchStream, autocast_for, count_flops, seed_everything
 
 
@@ -39,15 +40,18 @@ class VaeSampler:
 
 
 class VaeStep:
-    """One Adam update on the negative ELBO of a batch; returns detached [loss, recon_nll, kl] (means, nats)."""
+    """One Adam update on the negative ELBO of a batch; returns detached [loss, recon_nll, kl] (means, nats).
+    `vae_sync`: the model whose gradients are averaged over data-parallel ranks (World.wrap)."""
 
-    def __init__(self, vae: VAE, opt: torch.optim.Optimizer, beta: float, noise: torch.Generator):
+    def __init__(self, vae: VAE, opt: torch.optim.Optimizer, beta: float, noise: torch.Generator,
+                 vae_sync: torch.nn.Module | None = None):
         self.vae, self.opt, self.beta, self.noise = vae, opt, beta, noise
+        self.vae_sync = vae_sync or vae
 
     def __call__(self, x: torch.Tensor, autocast: Callable[[], Any]) -> torch.Tensor:
         self.vae.train()
         with autocast():
-            terms = elbo_terms(self.vae, x, beta=self.beta, generator=self.noise)
+            terms = self.vae_sync(x, beta=self.beta, generator=self.noise)
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.opt.step()
@@ -60,15 +64,15 @@ class VaeRecipe:
 
     log_names = ("loss", "recon_nll", "kl")
 
-    def __init__(self, cfg: RunConfig, splits: DataSplits, device: torch.device):
+    def __init__(self, cfg: RunConfig, splits: DataSplits, device: torch.device, world: World = SINGLE):
         t = cfg.train
         self.cfg, self.splits, self.device = cfg, splits, device
         seed_everything(t.seed)
         self.vae = build_model(cfg, splits.image_shape).to(device)
         self.opt = torch.optim.Adam(self.vae.parameters(), lr=t.lr, betas=t.betas)
         self.noise = torch.Generator(device).manual_seed(t.seed)
-        self.step_fn = VaeStep(self.vae, self.opt, cfg.model.beta, self.noise)
-        self.stream = BatchStream(splits.train.x.to(device), t.batch_size, t.seed)
+        self.step_fn = VaeStep(self.vae, self.opt, cfg.model.beta, self.noise, world.wrap(self.vae))
+        self.stream = BatchStream(splits.train.x.to(device), t.batch_size, t.seed, world)
 
     def step(self, step: int, autocast: Callable[[], Any], *, eager: bool = False) -> torch.Tensor:
         return self.step_fn(self.stream.batch(step), autocast)
