@@ -50,6 +50,8 @@ class DataConfig(Strict):
     labels_path: str | None = Doc(None, "idx source only: the labels file")
     field: str = Doc("text", "text source: the JSONL field holding each document")
     size: Int | None = Doc(None, "unique training examples (text: tokens), a nested subset; None: all", ge=1)
+    memory_mb: Float = Doc(4096, "source dataset: a train split larger than this (MiB) is read batch by batch from "
+                           "its memory-mapped shards instead of loaded whole", ge=0)
     val_size: Int = Doc(5000, "fashion-mnist: examples carved from the train split for validation", ge=0)
     val_fraction: Float = Doc(0.05, "other sources: share of the train split held out for validation (text: whole "
                               "documents; one document: its end, from a line start)", ge=0, lt=1)

@@ -12,18 +12,53 @@ import torch
 from genscale.data.builtin import BUILTIN_IMAGE_DATASETS, array_sha256, load_fashion_mnist
 from genscale.data.idx import read_idx
 from genscale.data.sources import load_imagefolder, load_npz
-from genscale.data.store import Version, load_images, load_version
+from genscale.data.store import Version, image_shards, load_version
 from genscale.errors import GenscaleError
 
 if TYPE_CHECKING:
     from genscale.config import DataConfig
 
 
+class ShardedImages:
+    """Images (N, C, H, W) uint8 left in a stored version's memory-mapped shards: rows are read when indexed, so a
+    split larger than memory is never gathered. Indexing with a slice or integer indices returns a tensor of those
+    rows (what a batch, a feature extraction or a classifier step reads); `take` a lazy subset."""
+
+    def __init__(self, shards: list[np.ndarray], index: np.ndarray):
+        self.shards, self.index = shards, np.asarray(index, dtype=np.int64)  # index: rows of the concatenated shards
+        self.starts = np.cumsum([0] + [len(s) for s in shards])
+        self.dtype, self.device = torch.uint8, torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.shards[0].shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.index) * int(np.prod(self.shards[0].shape[1:]))
+
+    def take(self, index: np.ndarray | torch.Tensor) -> ShardedImages:
+        return ShardedImages(self.shards, self.index[np.asarray(index, dtype=np.int64)])
+
+    def __getitem__(self, key: slice | np.ndarray | torch.Tensor) -> torch.Tensor:
+        rows = self.index[key] if isinstance(key, slice) else self.index[np.asarray(key, dtype=np.int64)]
+        shard = np.searchsorted(self.starts, rows, side="right") - 1  # (n,) which shard each row is in
+        out = np.empty((len(rows), *self.shards[0].shape[1:]), dtype=np.uint8)
+        for s in np.unique(shard):
+            mine = shard == s
+            out[mine] = self.shards[s][rows[mine] - self.starts[s]]  # reads only these rows' pages
+        return torch.from_numpy(out)
+
+
 @dataclass(frozen=True)
 class ImageData:
-    """Images (N, C, H, W) uint8 and optional labels (N,) int64."""
+    """Images (N, C, H, W) uint8 (a tensor, or ShardedImages for a split read from the store) and optional labels
+    (N,) int64."""
 
-    x: torch.Tensor
+    x: torch.Tensor | ShardedImages
     y: torch.Tensor | None
 
     def __len__(self) -> int:
@@ -31,7 +66,8 @@ class ImageData:
 
     def take(self, index: np.ndarray) -> ImageData:
         idx = torch.as_tensor(index, dtype=torch.long)
-        return ImageData(self.x[idx], None if self.y is None else self.y[idx])
+        x = self.x.take(index) if isinstance(self.x, ShardedImages) else self.x[idx]
+        return ImageData(x, None if self.y is None else self.y[idx])
 
 
 @dataclass(frozen=True)
@@ -87,13 +123,19 @@ def nested_subset(data: ImageData, size: int | None, seed: int) -> ImageData:
     return data.take(np.sort(stratified_order(labels, len(data), seed)[:size]))
 
 
-def _split(x: np.ndarray, y: np.ndarray | None, n_val: int, n_test: int, seed: int
+def _split(x: np.ndarray | ShardedImages, y: np.ndarray | None, n_val: int, n_test: int, seed: int
            ) -> tuple[ImageData, ImageData, ImageData]:
     order = stratified_order(y, len(x), seed)
     parts = np.split(order, [n_test, n_test + n_val])  # test, val, train
-    data = ImageData(torch.from_numpy(x), None if y is None else torch.from_numpy(y))
+    data = ImageData(x if isinstance(x, ShardedImages) else torch.from_numpy(x),
+                     None if y is None else torch.from_numpy(y))
     test, val, train = (data.take(np.sort(p)) for p in parts)
-    return train, val, test
+    return train, val, _in_memory(test)
+
+
+def _in_memory(data: ImageData) -> ImageData:
+    """A held-out split as a tensor (evaluation reads all of it)."""
+    return ImageData(data.x[:], data.y) if isinstance(data.x, ShardedImages) else data
 
 
 def _version(name: str, *arrays: np.ndarray | None) -> str:
@@ -104,18 +146,22 @@ def _version(name: str, *arrays: np.ndarray | None) -> str:
 
 
 def _stored_splits(version: Version, cfg: DataConfig) -> tuple[ImageData, ImageData, ImageData]:
-    """train, val, test of a stored image version: test as recorded at ingest, val carved from train."""
-    x, y = load_images(version), version.labels()
+    """train, val, test of a stored image version: test as recorded at ingest, val carved from train. A train split
+    larger than data.memory_mb stays in the memory-mapped shards (ShardedImages); val and test are loaded."""
+    shards, y = image_shards(version), version.labels()
+    whole = ShardedImages(shards, np.arange(sum(len(s) for s in shards)))
     parts = []
     for split in ("train", "test"):
         idx = np.flatnonzero(version.split_mask(split))
-        parts.append((np.ascontiguousarray(x[idx]), None if y is None else y[idx]))
+        parts.append((whole.take(idx), None if y is None else y[idx]))
     (x_train, y_train), (x_test, y_test) = parts
     if len(x_train) < 2 or len(x_test) < 1:
         raise GenscaleError(f"dataset {version.id}: {len(x_train)} train and {len(x_test)} test images are too few")
+    if x_train.nbytes <= cfg.memory_mb * 2**20:
+        x_train = x_train[:].numpy()
     train, val, _ = _split(x_train, y_train, round(len(x_train) * cfg.val_fraction), 0, cfg.split_seed)
-    test = ImageData(torch.from_numpy(x_test), None if y_test is None else torch.from_numpy(y_test))
-    return train, val, test
+    test = ImageData(x_test[:], None if y_test is None else torch.from_numpy(y_test))
+    return train, _in_memory(val), test
 
 
 def load_image_data(cfg: DataConfig) -> DataSplits:

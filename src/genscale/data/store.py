@@ -191,14 +191,17 @@ def _shard_path(name: str) -> Path:
     return path
 
 
-def load_images(version: Version) -> np.ndarray:
-    """All images of a version, (N, C, H, W) uint8 (shards are memory-mapped, then gathered)."""
+def image_shards(version: Version) -> list[np.ndarray]:
+    """A version's image shards, memory-mapped (uint8 (n, C, H, W) each; nothing read yet)."""
     if version.kind != "image":
         raise GenscaleError(f"dataset {version.id}: holds {version.kind}, not images")
     parts = [np.load(_shard_path(s), mmap_mode="r", allow_pickle=False) for s in version.meta["shards"]]
-    if not parts:
-        return np.zeros((0, *version.meta["shape"]), dtype=np.uint8)
-    return np.concatenate(parts)
+    return parts or [np.zeros((0, *version.meta["shape"]), dtype=np.uint8)]
+
+
+def load_images(version: Version) -> np.ndarray:
+    """All images of a version, (N, C, H, W) uint8 (shards are memory-mapped, then gathered)."""
+    return np.concatenate(image_shards(version))
 
 
 def load_texts(version: Version) -> list[str]:

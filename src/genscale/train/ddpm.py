@@ -77,11 +77,11 @@ class DdpmRecipe:
         self.unet = build_model(cfg, splits.image_shape, labelled).to(device)
         self.unet_sync = world.wrap(self.unet)  # gradients averaged over data-parallel ranks
         self.ema = make_ema(self.unet, t.ema_decay)
-        self.opt = torch.optim.Adam(self.unet.parameters(), lr=t.lr, betas=t.betas)
+        self.opt = torch.optim.Adam(self.unet.parameters(), lr=t.lr, betas=t.betas, fused=device.type == "cuda")
         self.noise = torch.Generator(device).manual_seed(t.seed)
         self.alphas_cumprod = alpha_bar(beta_schedule(m.schedule, m.timesteps)).to(device)
-        self.images = BatchStream(splits.train.x.to(device), t.batch_size, t.seed, world)
-        self.labels = BatchStream(splits.train.y.to(device), t.batch_size, t.seed, world) if labelled else None
+        self.images = BatchStream(splits.train.x, t.batch_size, t.seed, world, device)
+        self.labels = BatchStream(splits.train.y, t.batch_size, t.seed, world, device) if labelled else None
         self.real_ops, _ = parse_augment(cfg.data.augment)
 
     def step(self, step: int, autocast: Callable[[], Any], *, eager: bool = False) -> torch.Tensor:

@@ -149,8 +149,8 @@ def build_gan_run(cfg: RunConfig, image_shape: tuple[int, int, int], device: tor
     g, d = sync_batchnorm(g.to(device), world), sync_batchnorm(d.to(device), world)
     betas = t.betas
     return GanRun(g=g, d=d, ema=make_ema(g, t.ema_decay),
-                  opt_g=torch.optim.Adam(g.parameters(), lr=t.lr_g, betas=betas),
-                  opt_d=torch.optim.Adam(d.parameters(), lr=t.lr_d, betas=betas),
+                  opt_g=torch.optim.Adam(g.parameters(), lr=t.lr_g, betas=betas, fused=device.type == "cuda"),
+                  opt_d=torch.optim.Adam(d.parameters(), lr=t.lr_d, betas=betas, fused=device.type == "cuda"),
                   noise=torch.Generator(device).manual_seed(t.seed))
 
 
@@ -172,7 +172,7 @@ class GanRecipe:
         self.cfg, self.splits, self.device = cfg, splits, device
         self.run = build_gan_run(cfg, splits.image_shape, device, world)
         self.step_fn = gan_step(cfg, self.run, world)
-        self.stream = BatchStream(splits.train.x.to(device), cfg.train.batch_size, cfg.train.seed, world)
+        self.stream = BatchStream(splits.train.x, cfg.train.batch_size, cfg.train.seed, world, device)
         self.real_ops, _ = parse_augment(cfg.data.augment)
 
     def step(self, step: int, autocast: Callable[[], Any], *, eager: bool = False) -> torch.Tensor:

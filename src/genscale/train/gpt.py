@@ -31,6 +31,7 @@ from genscale.train.checkpoint import (
 )
 from genscale.train.distributed import SINGLE, World
 from genscale.train.machinery import autocast_for, count_flops, seed_everything
+from genscale.ui import console
 
 
 def cosine_lr(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -137,6 +138,7 @@ class GptRecipe:
         self.world, self.mine = world, micro_batches(world, t.grad_accum, t.batch_size)
         self.synced = world.wrap(self.model)  # nanoGPT's order: DDP, then compile
         self.forward: nn.Module = torch.compile(self.synced) if t.compile else self.synced
+        self.compile_failed = False
         self.opt = torch.optim.AdamW(decay_groups(self.model, t.weight_decay), lr=t.lr,
                                      betas=t.betas, fused=device.type == "cuda")
         self.generator = torch.Generator().manual_seed(t.seed)
@@ -164,7 +166,7 @@ class GptRecipe:
             last = i == len(mine) - 1
             with contextlib.nullcontext() if last or self.world.size == 1 else self.synced.no_sync():
                 with autocast():
-                    _, loss = model(x, y)
+                    loss = self._loss(model, x, y)
                 (loss / len(mine)).backward()  # the mean over all micro-batches' tokens, as one big batch
             total += loss.detach()
         max_norm = t.grad_clip if t.grad_clip > 0 else math.inf  # inf: measure the norm, clip nothing
@@ -172,6 +174,21 @@ class GptRecipe:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return torch.stack([total / len(mine), norm.detach(), torch.tensor(lr, device=total.device)]).float()
+
+    def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The model's loss; if torch.compile fails on the first compiled call (no compiler, an unsupported
+        platform), a note, and the run goes on without it."""
+        try:
+            return model(x, y)[1]
+        except Exception as e:  # noqa: BLE001  dynamo/inductor raise many kinds; any of them means "run eager"
+            if model is self.synced or self.compile_failed:
+                raise
+            self.compile_failed = True
+            console.print(f"note: train.compile: torch.compile failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); training continues without it",
+                          highlight=False)
+            self.forward = self.synced
+            return self.synced(x, y)[1]
 
     def tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         t_opt, m_opt = optimizer_to_flat(self.opt, "opt")

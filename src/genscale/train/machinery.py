@@ -37,9 +37,12 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on CUDA (precision auto or bf16); plain fp32 elsewhere."""
+    """bf16 autocast on CUDA (precision auto or bf16), with TF32 for what stays in fp32; plain fp32 elsewhere and
+    with precision fp32 (TF32 off: the strict reference)."""
     if precision == "bf16" and device.type != "cuda":
         raise GenscaleError(f"train.precision: bf16 autocast needs CUDA, the device is {device.type}")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
     if device.type == "cuda" and precision in ("auto", "bf16"):
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
@@ -102,18 +105,26 @@ def count_flops(fn: Callable[[], object]) -> tuple[object, int]:
 
 
 class BatchStream:
-    """Batches of a tensor held on the device, in a seeded order that is a pure function of the index.
+    """Batches of `data` on `device`, in a seeded order that is a pure function of the index.
 
     Batch i comes from epoch i // batches_per_epoch, whose permutation is drawn from seed + epoch; so a
     resumed run continues with exactly the batches an uninterrupted one would see. The last partial
     batch of an epoch is dropped. In a data-parallel world each rank gathers only its own rows of every
     global batch (`batch_size` is the global batch).
+
+    A tensor is moved to the device once. Anything else indexable by a CPU index tensor (data/datasets.py
+    ShardedImages: a split too large for memory) is read batch by batch, and each batch copied (pinned on CUDA):
+    the process then holds one batch of it, plus its index and permutation (16 bytes per example).
     """
 
-    def __init__(self, data: torch.Tensor, batch_size: int, seed: int, world: World = SINGLE):
+    def __init__(self, data: Any, batch_size: int, seed: int, world: World = SINGLE,
+                 device: torch.device | None = None):
         if batch_size > len(data):
             raise GenscaleError(f"train.batch_size: {batch_size} exceeds the {len(data)} training examples")
         world.share(batch_size, "train.batch_size")
+        self.streamed = not isinstance(data, torch.Tensor)
+        self.device = device or (torch.device("cpu") if self.streamed else data.device)
+        data = data if self.streamed else data.to(self.device)
         self.data, self.batch_size, self.seed, self.world = data, batch_size, seed, world
         self.per_epoch = len(data) // batch_size
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
@@ -122,8 +133,13 @@ class BatchStream:
         epoch, j = divmod(i, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(len(self.data), generator=g).to(self.data.device)
-        return self.data[self._perm[j * self.batch_size:(j + 1) * self.batch_size][self.world.rows(self.batch_size)]]
+            self._epoch, self._perm = epoch, torch.randperm(len(self.data), generator=g)
+            if not self.streamed:
+                self._perm = self._perm.to(self.device)
+        rows = self.data[self._perm[j * self.batch_size:(j + 1) * self.batch_size][self.world.rows(self.batch_size)]]
+        if self.streamed and self.device.type == "cuda":
+            return rows.pin_memory().to(self.device, non_blocking=True)
+        return rows.to(self.device)
 
     def epochs(self, batches: int) -> float:
         return batches * self.batch_size / len(self.data)

@@ -69,10 +69,10 @@ class VaeRecipe:
         self.cfg, self.splits, self.device = cfg, splits, device
         seed_everything(t.seed)
         self.vae = build_model(cfg, splits.image_shape).to(device)
-        self.opt = torch.optim.Adam(self.vae.parameters(), lr=t.lr, betas=t.betas)
+        self.opt = torch.optim.Adam(self.vae.parameters(), lr=t.lr, betas=t.betas, fused=device.type == "cuda")
         self.noise = torch.Generator(device).manual_seed(t.seed)
         self.step_fn = VaeStep(self.vae, self.opt, cfg.model.beta, self.noise, world.wrap(self.vae))
-        self.stream = BatchStream(splits.train.x.to(device), t.batch_size, t.seed, world)
+        self.stream = BatchStream(splits.train.x, t.batch_size, t.seed, world, device)
 
     def step(self, step: int, autocast: Callable[[], Any], *, eager: bool = False) -> torch.Tensor:
         return self.step_fn(self.stream.batch(step), autocast)
