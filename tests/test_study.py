@@ -19,8 +19,8 @@ import yaml
 from genscale.data.datasets import load_image_data
 from genscale.errors import GenscaleError
 from genscale.paths import runs_dir
-from genscale.study.analysis import analyse_study
-from genscale.study.execute import create_study, read_plan
+from genscale.study.analysis import analyse_study, gpu_scaling
+from genscale.study.execute import create_study, probe_gpu_scaling, read_plan
 from genscale.study.spec import SCALING_AXES, expand_grid, load_study
 from genscale.train.gan import gan_flops_per_step
 
@@ -37,7 +37,9 @@ TINY_RUN = {
 
 def write_study(folder: Path, **fields) -> Path:
     study = {"name": "tiny-study", "run": TINY_RUN, "axes": {"data.size": [64, 128], "seed": [0, 1]},
-             "metric": "fid_fmnist", "fit": {"bootstrap": 20}, **fields}
+             "metric": "fid_fmnist", "fit": {"bootstrap": 20},
+             "gpu_probe": {"enabled": False},  # the probe has its own test
+             **fields}
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
@@ -326,3 +328,17 @@ def test_gpus_axis_trains_each_trial_on_its_processes_and_measures_scaling(tmp_p
     assert pair["efficiency"] == pytest.approx(two["examples_per_second"] / (2 * one["examples_per_second"]))
     assert analysis["gpus"]["efficiency"]["pairs"] == 1
     assert "Data-parallel scaling (train.gpus)" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_without_a_gpus_axis_the_study_probes_scaling_itself_and_says_what_it_cost(tmp_path):
+    study_dir = create_study(write_study(tmp_path, gpu_probe={"enabled": True, "steps": 8}), tmp_path / "s")
+    plan = read_plan(study_dir)
+    record = probe_gpu_scaling(study_dir, plan)
+    assert [r["world_size"] for r in record["results"]] == [1, 2] and record["cost_seconds"] > 0
+    largest = max(plan["trials"], key=lambda t: t["planned_flops"])["id"]
+    assert record["of_trial"] == largest and record["steps"] == 8
+    scaling = gpu_scaling(record["results"])
+    one, two = (r["examples_per_second"] for r in record["results"])
+    assert scaling["efficiency"]["median"] == pytest.approx(two / (2 * one)) and scaling["efficiency"]["pairs"] == 1
+    assert probe_gpu_scaling(study_dir, plan) == record  # measured once: a resumed study reuses it
+    assert (study_dir / "gpu_probe" / "runs" / "mlflow.db").exists()  # its runs: the probe's own store

@@ -170,6 +170,17 @@ def test_the_gpu_arm_is_compute_times_twice_the_measured_efficiency_of_a_planted
     assert arm["change"] == pytest.approx(s.predict(1.6 * c0, d0) - s.predict(c0, d0))
     assert arm["interval"] == pytest.approx(sorted([s.predict(1.5 * c0, d0) - s.predict(c0, d0),
                                                     s.predict(1.8 * c0, d0) - s.predict(c0, d0)]))
-    assert arm["speedup"] == 1.6 and "0.80 [0.75, 0.90] over 3 trial pairs" in arm["note"]
+    assert arm["speedup"] == 1.6 and "0.80 [0.75, 0.90] from 3 train.gpus trial pairs" in arm["note"]
     # less than the compute arm (perfect scaling would equal it): never an assumed efficiency of 1
     assert abs(arm["change"]) < abs(v["compute_2x"]["change"])
+
+
+def test_the_gpu_arm_names_the_study_probe_it_comes_from_and_a_failed_probe_gives_no_number():
+    s = planted_surface()
+    probe = {"of_trial": "t003", "steps": 40, "cost_seconds": 31.0, "results": []}
+    eff = {"median": 0.7, "low": 0.7, "high": 0.7, "pairs": 1}
+    arm = verdict(s, 1e4, 1e13, "loss", FIT_CFG, gpus={"efficiency": eff, "probe": probe})["gpus_2x"]
+    assert "0.70 (one pair) from the study's own probe (40 steps of t003 on 1 and 2 processes, 31 s)" in arm["note"]
+    assert arm["change"] == pytest.approx(s.predict(1.4e13, 1e4) - s.predict(1e13, 1e4))
+    failed = verdict(s, 1e4, 1e13, "loss", FIT_CFG, gpus={"probe": {"error": "2 processes: error: x"}})["gpus_2x"]
+    assert "probe failed" in failed["note"] and "change" not in failed

@@ -344,6 +344,9 @@ def gpus_arm(s: Surface, d0: float, c0: float, metric: str, level: float, gpus: 
     the world for this model and batch; its interval spans the law's bootstrap at the lowest and highest measured
     e. Nothing measured: a note, no number (no assumed efficiency of 1)."""
     eff = (gpus or {}).get("efficiency")
+    probe = (gpus or {}).get("probe")
+    if probe and "error" in probe:
+        return {"note": f"not measured: the study's GPU probe failed ({probe['error']}), so no number is given"}
     if not eff:
         return {"note": "not measured: this study has no train.gpus trials (add e.g. `train.gpus: [1, 2]` to its "
                         "axes), so no number is given; at equal wall time 2x GPUs buys at most what 2x compute buys "
@@ -354,10 +357,12 @@ def gpus_arm(s: Surface, d0: float, c0: float, metric: str, level: float, gpus: 
     change = {**change, "interval": [min(bounds), max(bounds)] if bounds and change["identified"] else None}
     spread = (f"{eff['median']:.2f} [{eff['low']:.2f}, {eff['high']:.2f}]" if eff["pairs"] > 1
               else f"{eff['median']:.2f} (one pair)")
+    where = (f"the study's own probe ({probe['steps']} steps of {probe['of_trial']} on 1 and 2 processes, "
+             f"{probe['cost_seconds']:.0f} s)" if probe else
+             f"{eff['pairs']} train.gpus trial pair{'s' if eff['pairs'] > 1 else ''}")
     return {**change, "efficiency": eff, "speedup": 2 * eff["median"],
-            "note": f"measured scaling efficiency of doubling the processes {spread} over {eff['pairs']} "
-                    f"trial pair{'s' if eff['pairs'] > 1 else ''}, i.e. {2 * eff['median']:.2f}x the compute; "
-                    f"predicted to {_phrase(change, metric)}"}
+            "note": f"measured scaling efficiency of doubling the processes {spread} from {where}, i.e. "
+                    f"{2 * eff['median']:.2f}x the compute; predicted to {_phrase(change, metric)}"}
 
 
 def _range(s: Surface, key: str) -> tuple[float, float]:
@@ -483,7 +488,8 @@ def compare_treatments(results: list[dict[str, Any]], axes: dict[str, list[Any]]
 
 def analyse(results: list[dict[str, Any]], *, metric: str, fit_cfg: dict[str, Any], operating_data_size: int,
             operating_flops: float | None, axes: dict[str, list[Any]] | None = None, floor: float = 0.0,
-            costs: dict[str, Any] | None = None, unit: str = "unique examples") -> dict[str, Any]:
+            costs: dict[str, Any] | None = None, unit: str = "unique examples",
+            gpu_probe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every law the trials support, the verdict at the operating point with its validation, price and decision map,
     and the compute-optimal split.
 
@@ -511,6 +517,8 @@ def analyse(results: list[dict[str, Any]], *, metric: str, fit_cfg: dict[str, An
     d0 = float(operating_data_size)
     if GPU_AXIS in (axes or {}):
         out["gpus"] = gpu_scaling(grid)
+    elif gpu_probe:  # the study's own short measurement (execute.probe_gpu_scaling)
+        out["gpus"] = {**gpu_scaling(gpu_probe.get("results", [])), "probe": gpu_probe}
 
     def record(name: str, fitted: tuple[Law, list[Law]] | str) -> tuple[Law, list[Law]] | None:
         if isinstance(fitted, str):
@@ -702,9 +710,11 @@ def analyse_study(study_dir: Path) -> dict[str, Any]:
     from genscale.study.report import family_labels
 
     unit = family_labels(done)["D"]
+    probe_path = study_dir / "gpu_probe.json"
+    probe = read_json(probe_path, "GPU probe") if probe_path.exists() else None
     analysis = analyse(done, metric=s["metric"], fit_cfg=s["fit"], operating_data_size=plan["operating_data_size"],
                        operating_flops=s["operating_point"]["flops"], axes=s["axes"], floor=float(floor["value"]),
-                       costs=s.get("costs"), unit=unit)
+                       costs=s.get("costs"), unit=unit, gpu_probe=probe)
     group_axes = group_axes_of(s["axes"])
     axes_of = {t["id"]: t["axes"] for t in plan["trials"]}  # a failed trial's axes are in the plan only
 

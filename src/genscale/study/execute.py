@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from genscale.config import saved_config
 from genscale.errors import GenscaleError
@@ -319,6 +322,11 @@ def run_study(study_dir: Path, *, workers: int | None = None, ray_address: str |
         for t in pending:  # a failed trial starts again from its checkpoints
             (study_dir / "trials" / t.id / "error.json").unlink(missing_ok=True)
         _run_on_ray(study_dir, pending, workers, res, ray_address, plan["study"]["metric"])
+    probe = probe_gpu_scaling(study_dir, plan)
+    if probe and "error" not in probe:
+        console.print(f"GPU probe ({probe['steps']} steps of {probe['of_trial']} on 1 and "
+                      f"{probe['results'][-1]['world_size']} processes): {probe['cost_seconds']:.0f} s",
+                      highlight=False)
     analysis = analyse_study(study_dir)
     parent.log_metrics({k: v for k, v in analysis["summary_metrics"].items() if v is not None}, 0)
     parent.set_tags({"study.verdict": analysis["verdict"]["sentence"][:5000]})
@@ -327,6 +335,63 @@ def run_study(study_dir: Path, *, workers: int | None = None, ray_address: str |
     failed = [t.id for t in trials if trial_status(study_dir, t.id) == "failed"]
     parent.finish("FAILED" if len(failed) == len(trials) else "FINISHED")
     return analysis
+
+
+def steady_examples_per_second(run_dir: Path, steps: int, examples_per_step: int) -> float:
+    """Throughput between the checkpoint at steps // 2 and the last one, from the loop's own train_seconds in the two
+    sidecars: the FLOP-counted first step, start-up and checkpoint writes are outside it."""
+    half, end = (read_json(run_dir / "checkpoints" / f"step_{s:07d}.json", "checkpoint sidecar")["counters"]
+                 ["train_seconds"] for s in (steps // 2, steps))
+    return (steps - steps // 2) * examples_per_step / (end - half)
+
+
+def probe_gpu_scaling(study_dir: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The study's own measurement of data-parallel scaling when it has no train.gpus axis (gpu_probe): the grid's
+    largest-compute model and batch, gpu_probe.steps steps on 1 and on gpu_probe.processes processes, one after
+    the other, in gpu_probe/ (its own tracking store). Written to gpu_probe.json with what it cost; None when off."""
+    s = plan["study"]
+    probe = s.get("gpu_probe") or {"enabled": False}  # a plan from before the probe existed: off
+    if not probe["enabled"] or "train.gpus" in s["axes"]:
+        return None
+    path = study_dir / "gpu_probe.json"
+    if path.exists():
+        return read_json(path, "GPU probe")
+    from genscale.config import config_with
+
+    base = max((t for t in plan["trials"] if t.get("role", "grid") == "grid"), key=lambda t: t["planned_flops"])
+    steps = probe["steps"]
+    folder = study_dir / "gpu_probe"
+    folder.mkdir(exist_ok=True)
+    env = {**os.environ, "GENSCALE_RUNS": str(folder / "runs"),
+           "OMP_NUM_THREADS": str(max(1, int(s["resources"]["cpus_per_trial"])))}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    rows, started = [], time.time()
+    for g in (1, probe["processes"]):
+        cfg = config_with(saved_config(base["config"], f"plan.json trial {base['id']}"),
+                          {"train.steps": steps, "train.checkpoint_every": steps // 2, "train.gpus": g,
+                           "train.log_every": max(1, steps // 4), "eval.on_train_end": False, "eval.every": None},
+                          "gpu_probe")
+        config = folder / f"gpus-{g}.yaml"
+        config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        with console.status(f"GPU probe: {steps} steps of {base['id']} on {g} process{'es' if g > 1 else ''}"):
+            done = subprocess.run([sys.executable, "-m", "genscale", "train", str(config)], capture_output=True,
+                                  text=True, env=env)
+        (folder / f"gpus-{g}.log").write_text(done.stdout + done.stderr)
+        if done.returncode:
+            record = {"error": f"{g} processes: " + next((ln for ln in done.stderr.splitlines()
+                                                          if ln.startswith("error:")), f"exit {done.returncode}"),
+                      "log": str(folder / f"gpus-{g}.log")}
+            _write_json(path, record)
+            return record
+        run_dir = next(p.parent for p in (folder / "runs").glob("*/summary.json")
+                       if read_json(p, "summary")["world_size"] == g)
+        summary = read_json(run_dir / "summary.json", "summary")
+        rows.append({"trial": f"probe-gpus={g}", "axes": {"train.gpus": g}, "world_size": g,
+                     "examples_per_second": steady_examples_per_second(run_dir, steps, summary["examples_per_step"]),
+                     "step_seconds": summary["step_seconds"], "mfu": summary["mfu"]})
+    record = {"of_trial": base["id"], "steps": steps, "results": rows, "cost_seconds": time.time() - started}
+    _write_json(path, record)
+    return record
 
 
 def _steps_done(study_dir: Path, steps: dict[str, int], finished: set[str]) -> int:

@@ -59,6 +59,15 @@ class Resources(Strict):
     gpus_per_trial: float = Field(0, ge=0)
 
 
+class GpuProbe(Strict):
+    """Without a train.gpus axis, the study measures the GPU arm itself: the operating model (the grid's largest
+    planned compute) trained `steps` steps on 1 and on `processes` processes, after the grid."""
+
+    enabled: bool = True
+    steps: int = Field(40, ge=4)  # throughput is the second half's
+    processes: int = Field(2, ge=2)
+
+
 class StudyConfig(Strict):
     name: str = "study"
     base: str | None = None  # run config YAML the trials start from, relative to the study file
@@ -76,6 +85,7 @@ class StudyConfig(Strict):
     resources: Resources = Resources()
     costs: Costs | None = None  # prices of data and device time; None: no price line
     verify: bool = False  # also run 2x data and 2x compute at the operating point, and compare with the prediction
+    gpu_probe: GpuProbe = GpuProbe()
 
 
 @dataclass
