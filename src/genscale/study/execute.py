@@ -351,8 +351,10 @@ def probe_gpu_scaling(study_dir: Path, plan: dict[str, Any]) -> dict[str, Any] |
     the other, in gpu_probe/ (its own tracking store). Written to gpu_probe.json with what it cost; None when off."""
     s = plan["study"]
     probe = s.get("gpu_probe") or {"enabled": False}  # a plan from before the probe existed: off
-    if not probe["enabled"] or "train.gpus" in s["axes"]:
-        return None
+    from genscale.study.analysis import group_axes_of
+
+    if not probe["enabled"] or "train.gpus" in s["axes"] or group_axes_of(s["axes"]):
+        return None  # measured by the axis itself; several models (families): one probe would speak for one
     path = study_dir / "gpu_probe.json"
     if path.exists():
         return read_json(path, "GPU probe")
