@@ -15,7 +15,7 @@ import yaml
 
 from genscale.config import RunConfig
 from genscale.families import FAMILIES, family_of
-from genscale.pipeline import load_data
+from genscale.pipeline import load_data, train
 from genscale.train.checkpoint import checkpoint_steps, load_checkpoint
 from genscale.train.distributed import SINGLE, World
 from genscale.train.machinery import autocast_for
@@ -95,11 +95,9 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_a_failing_rank_stops_both_with_one_error_and_the_run_resumes_at_another_world_size(tmp_path):
     config = vae_config(tmp_path, steps=6)
-    whole = genscale("train", str(config), "--nproc", "2")
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    # the uninterrupted reference: one process (what 2 processes compute: the test above)
+    uninterrupted = train(RunConfig.model_validate(yaml.safe_load(config.read_text())))
     runs = Path(os.environ["GENSCALE_RUNS"])
-    (uninterrupted,) = [p for p in runs.iterdir() if (p / "config.yaml").exists()]
-    assert json.loads((uninterrupted / "summary.json").read_text())["world_size"] == 2
 
     # rank 1 raises at step 4, after the step-3 checkpoint: both ranks end, one error line, no traceback
     failed = genscale("train", str(config), "--nproc", "2", env={
@@ -113,7 +111,7 @@ def test_a_failing_rank_stops_both_with_one_error_and_the_run_resumes_at_another
     assert checkpoint_steps(broken / "checkpoints") == [3]
     assert load_checkpoint(broken / "checkpoints").step == 3  # intact: sha256, parse, finite
 
-    # resumed by one process (another world size), it ends where the uninterrupted 2-process run ended
+    # resumed by one process (another world size), it ends where the uninterrupted run ended
     resumed = genscale("train", "--resume", str(broken), "--nproc", "1")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((broken / "summary.json").read_text())["world_size"] == 1
@@ -121,3 +119,18 @@ def test_a_failing_rank_stops_both_with_one_error_and_the_run_resumes_at_another
     assert a.keys() == b.keys() and a
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_a_batch_that_does_not_divide_over_the_processes_is_one_error_before_any_run(tmp_path):
+    config = vae_config(tmp_path, steps=2)  # batch_size 32
+    done = genscale("train", str(config), "--nproc", "3")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert [ln for ln in done.stderr.splitlines() if ln.startswith("error:")] == [
+        "error: --nproc 3: key 'train': batch_size 32 does not divide over train.gpus = 3 data-parallel processes; use "
+        "a multiple of 3"]
+    assert not Path(os.environ["GENSCALE_RUNS"]).exists() or not any(Path(os.environ["GENSCALE_RUNS"]).glob("*/"))
+    gpt = RunConfig.model_validate(yaml.safe_load(Path(config).read_text())).model_dump(mode="json")
+    with pytest.raises(Exception, match="batch_size 5 nor grad_accum 3 does not divide over train.gpus = 2"):
+        RunConfig.model_validate({**gpt, "model": {"family": "gpt", "size": "tiny"},
+                                  "train": {"batch_size": 5, "grad_accum": 3, "gpus": 2}, "eval": {}, "gate": {},
+                                  "data": {"source": "shakespeare"}})

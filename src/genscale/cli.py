@@ -279,6 +279,7 @@ def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (c
     With --nproc N (or train.gpus: N) N processes train it data-parallel: one per GPU, or N CPU processes (gloo)
     without GPUs. Several machines: `torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d
     --rdzv-endpoint HOST:PORT -m genscale train CONFIG` on each."""
+    from genscale.config import config_with
     from genscale.pipeline import config_for_train, load_run
     from genscale.pipeline import train as train_run
     from genscale.train.distributed import launch
@@ -286,13 +287,13 @@ def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (c
     if resume and (config or set_):
         raise GenscaleError("train: --resume continues a run with its saved config; drop CONFIG and --set")
     cfg = None if resume else config_for_train(str(config) if config else None, set_ or [])
-    procs = nproc or (load_run(resume)[1] if resume else cfg).train.gpus
+    saved = load_run(resume)[1] if resume else cfg
+    procs = nproc or saved.train.gpus
     if procs > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks; each runs this command as a process of them
+        config_with(saved, {"train.gpus": procs}, f"--nproc {procs}")  # a share that does not divide: said once
         args = ["-m", "genscale", "train", *(["--resume", resume] if resume else [str(config)] if config else []),
                 *(f"--set={s}" for s in set_ or []), *([] if resume else [f"--set=train.gpus={procs}"])]
         raise typer.Exit(launch(args, procs))
-    if nproc and "WORLD_SIZE" not in os.environ and cfg is not None:
-        cfg = config_for_train(str(config) if config else None, [*(set_ or []), f"train.gpus={nproc}"])
     run_dir = train_run(cfg, resume=resume)
     if "WORLD_SIZE" not in os.environ or os.environ.get("RANK") == "0":
         out.print(f"run folder: {run_dir}")

@@ -109,6 +109,8 @@ def _format_error(e: ValidationError, origin: str) -> str:
     if err["type"] == "union_tag_invalid":
         return f"{origin}: key '{key}.family': unknown family {err['input'].get('family')!r} " \
                f"(choose {', '.join(FAMILIES)})"
+    if err["type"] == "value_error" and isinstance(err.get("input"), dict):  # a whole section's own check
+        return f"{origin}: key '{key}': {err['msg'].removeprefix('Value error, ')}"
     return f"{origin}: key '{key}': {err['msg']} (got {err.get('input')!r})"
 
 

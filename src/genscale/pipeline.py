@@ -170,7 +170,10 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
         run_dir, cfg = load_run(resume)
     assert cfg is not None
     if world.size > 1 or cfg.train.gpus > 1:  # what this segment of the run trains on, as the config says it
-        cfg = config_with(cfg, {"train.gpus": world.size}, "the data-parallel world size")
+        try:
+            cfg = config_with(cfg, {"train.gpus": world.size}, f"the data-parallel world size {world.size}")
+        except GenscaleError as e:  # every rank finds it: rank 0 says it
+            raise (RankStopped(str(e)) if world.rank else e) from None
     family = family_of(cfg)
     device = join(world, select_device(cfg.train.device))
     try:

@@ -115,6 +115,16 @@ class TrainBase(Strict):
                     "stays the global batch. `genscale train --nproc N` sets it; under torchrun the world size",
                     ge=1)
 
+    @model_validator(mode="after")
+    def _divides_over_processes(self):
+        """Each process takes an equal share of a step: its rows of the batch (gpt: or its micro-batches)."""
+        accum = getattr(self, "grad_accum", 1)
+        if self.gpus > 1 and self.batch_size % self.gpus and accum % self.gpus:
+            what = f"batch_size {self.batch_size}" + (f" nor grad_accum {accum}" if accum > 1 else "")
+            raise ValueError(f"{what} does not divide over train.gpus = {self.gpus} data-parallel processes; use "
+                             f"a multiple of {self.gpus}")
+        return self
+
 
 class EvalBase(Strict):
     """What every family's evaluation reads; a family's section adds its metrics' settings."""
