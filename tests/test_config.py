@@ -57,7 +57,7 @@ def test_wrong_type_is_named(tmp_path):
 def test_overrides(tmp_path):
     path = write(tmp_path, "train:\n  steps: 10\n")
     cfg = load_config(path, ["train.steps=20", "model.arch=gan-mlp", "gate.fid_fmnist.max=3.5"])
-    assert (cfg.train.steps, cfg.model.arch, cfg.gate["fid_fmnist"].max) == (20, "gan-mlp", 3.5)
+    assert (cfg.train.steps, cfg.model.arch, cfg.gate.thresholds["fid_fmnist"].max) == (20, "gan-mlp", 3.5)
     with pytest.raises(GenscaleError, match=r"unknown key 'train\.step'"):
         load_config(path, ["train.step=20"])
     with pytest.raises(GenscaleError, match="--set train.steps: expected KEY=VALUE"):

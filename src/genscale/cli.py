@@ -22,6 +22,9 @@ app.add_typer(data_app, name="data")
 study_app = typer.Typer(help="Studies: grids of runs over data, model size and compute; fits, report, verdict.",
                         no_args_is_help=True)
 app.add_typer(study_app, name="study")
+models_app = typer.Typer(help="Registered models: runs that passed their gate, as versions of named models in the "
+                         "MLflow model registry of the tracking store.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -432,11 +435,126 @@ def settings(family: Annotated[str, typer.Argument(help="model family: gan, gpt,
     for prefix, section in (("data", DataConfig), ("model", f.model_config), ("train", f.train_config),
                             ("eval", f.eval_config), ("tracking", TrackingConfig)):
         rows(prefix, section)
+    table.add_row("gate.register", "null", "register a run that passes under this model name (genscale models); "
+                  "null: not registered")
     table.add_row("gate.METRIC", "{}", "bound on a metric: max, min, or max_over_floor (times its real-vs-real "
                   "floor); metrics of this family: " + ", ".join(sorted(f.produced_metrics(RunConfig.model_validate(
                       {"model": {"family": family}, "data": {"source": "fashion-mnist" if f.data_kind == "image"
                                                             else "shakespeare"}})))))
     (out if out.is_terminal else Console(width=200)).print(table)
+
+
+def _metrics_cell(metrics: dict[str, dict]) -> str:
+    return " ".join(f"{k}={m['value']:.4g}" for k, m in metrics.items()) or "-"
+
+
+@models_app.command("register")
+@friendly
+def models_register(run: Annotated[str, typer.Argument(help="run id, unique prefix, folder, or latest")],
+                    name: Annotated[str, typer.Option(help="registered model name (letters, digits, . _ -)")],
+                    alias: Annotated[str | None, typer.Option(help="also point this alias at the new version, "
+                                                                   "e.g. champion")] = None):
+    """Register an evaluated run that passed its gate as the next version of model NAME (in your tracking store)."""
+    from genscale.registry import register
+
+    v = register(run, name, alias=alias)
+    out.print(f"registered {v.name} version {v.version}" + (f" @{alias}" if alias else "") + f" (run {v.run_id})",
+              highlight=False)
+
+
+@models_app.command("list")
+@friendly
+def models_list(as_json: Annotated[bool, typer.Option("--json", help="print a JSON list instead")] = False):
+    """Each registered model: its champion version, else its latest."""
+    from genscale.registry import registered_models
+
+    versions = registered_models()
+    if as_json:
+        out.print(json.dumps([v.as_dict() for v in versions], indent=1), highlight=False, markup=False)
+        return
+    table = Table("name", "version", "aliases", "family", "dataset version", "metrics", "gate", "run id")
+    for v in versions:
+        table.add_row(v.name, str(v.version), ", ".join(v.aliases) or "-", v.family,
+                      (v.dataset_version or "-")[:12], _metrics_cell(v.metrics), v.gate["verdict"], v.run_id[:8])
+    (out if out.is_terminal else Console(width=250)).print(table)
+
+
+@models_app.command("show")
+@friendly
+def models_show(spec: Annotated[str, typer.Argument(help="NAME (its champion, else its latest version), "
+                                                         "NAME@ALIAS or NAME/VERSION")],
+                as_json: Annotated[bool, typer.Option("--json", help="print JSON instead")] = False):
+    """One version of a registered model in full (metrics, gate reasons, config), and every version of its name."""
+    from genscale.registry import model_versions, resolve
+
+    v = resolve(spec)
+    versions = model_versions(v.name)
+    if as_json:
+        every = [{k: w.as_dict()[k] for k in ("version", "aliases", "run_id", "created")} | {"gate": w.gate["verdict"]}
+                 for w in versions]
+        out.print(json.dumps({**v.as_dict(), "versions": every}, indent=1), highlight=False, markup=False)
+        return
+    out.print(f"[bold]{v.name} version {v.version}[/]" + (f"  @{', @'.join(v.aliases)}" if v.aliases else ""),
+              highlight=False)
+    for key, value in (("run", f"{v.run_id}  ({v.run_dir}, checkpoint step {v.step})"),
+                       ("family", f"{v.family} ({v.kind})"), ("dataset", f"{v.dataset or '-'} version "
+                                                             f"{v.dataset_version or '-'}"),
+                       ("source", v.source), ("created", v.created), ("gate", v.gate["verdict"])):
+        out.print(f"{key}: {value}", highlight=False, markup=False)
+    for reason in v.gate["reasons"]:
+        out.print(f"  - {reason}", highlight=False, markup=False)
+    out.print("metrics:", highlight=False)
+    for metric, m in v.metrics.items():
+        out.print(f"  {metric} = {m['value']:.4f}" + (f"  ({m['extractor']})" if m["extractor"] else ""),
+                  highlight=False, markup=False)
+    table = Table("version", "aliases", "gate", "metrics", "run id", "created", title=f"versions of {v.name}")
+    for w in versions:
+        table.add_row(str(w.version), ", ".join(w.aliases) or "-", w.gate["verdict"], _metrics_cell(w.metrics),
+                      w.run_id[:8], w.created)
+    (out if out.is_terminal else Console(width=250)).print(table)
+    out.rule("config")
+    out.print(v.config or f"(not in the registry, and {v.run_dir / 'config.yaml'} is unreadable)", highlight=False,
+              markup=False)
+
+
+@models_app.command("promote")
+@friendly
+def models_promote(name: Annotated[str, typer.Argument(help="registered model name")],
+                   version: Annotated[int, typer.Argument(help="the version the alias is to name", min=1)],
+                   alias: Annotated[str, typer.Option(help="the alias to point at it")] = "champion"):
+    """Point an alias (champion: what NAME alone resolves to, e.g. for genscale serve) at a version."""
+    from genscale.registry import promote
+
+    v = promote(name, version, alias)
+    out.print(f"{v.name}@{alias} is version {v.version} (run {v.run_id})", highlight=False)
+
+
+@app.command()
+@friendly
+def serve(models: Annotated[list[str] | None, typer.Argument(
+              help="models to serve: NAME (its champion, else its latest version), NAME@ALIAS, NAME/VERSION, or a "
+                   "run id or folder [default: every registered model]", show_default=False)] = None,
+          host: Annotated[str, typer.Option(help="address to bind; anything but loopback is reachable by others "
+                                                 "(set GENSCALE_TOKEN)")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="TCP port", min=0, max=65535)] = 8000,
+          device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N [default: each run's train.device]")
+                            ] = None,
+          max_images: Annotated[int, typer.Option(help="images per request", min=1)] = 64,
+          max_tokens: Annotated[int, typer.Option(help="new tokens per continuation", min=1)] = 512,
+          max_n: Annotated[int, typer.Option(help="continuations per text request", min=1)] = 8,
+          max_body_bytes: Annotated[int, typer.Option(help="request body size", min=1)] = 64 * 1024,
+          request_seconds: Annotated[float, typer.Option(help="time a request may queue and run", min=0.001)
+                                     ] = 120.0,
+          max_batch: Annotated[int, typer.Option(help="rows (images or continuations) one forward may hold when "
+                                                      "requests are batched", min=1)] = 16):
+    """Serve models over HTTP: POST /generate, OpenAI-compatible POST /v1/completions, a web page at /, OpenAPI
+    docs at /docs, Prometheus /metrics. With GENSCALE_TOKEN set, requests need `Authorization: Bearer <token>`."""
+    from genscale.serve import Limits
+    from genscale.serve import serve as run_server
+
+    run_server(list(models or []), host=host, port=port, device=device, max_batch=max_batch,
+               limits=Limits(max_images=max_images, max_tokens=max_tokens, max_n=max_n,
+                             max_body_bytes=max_body_bytes, request_seconds=request_seconds))
 
 
 def _finish_study(analysis: dict, study_dir: Path) -> None:

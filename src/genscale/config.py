@@ -18,6 +18,7 @@ from genscale.sections import (  # noqa: F401  (re-exported: the config's names 
     TEXT_SOURCES,
     DataConfig,
     Float,
+    GateConfig,
     Int,
     Strict,
     Threshold,
@@ -50,8 +51,9 @@ class RunConfig(Strict):
     model: ModelSection = _default("model")
     train: TrainSection = _default("train")
     eval: EvalSection = _default("eval")
-    gate: dict[str, Threshold] = Field({}, description="metric name -> bound, e.g. {fid_fmnist: {max: 40}}, "
-                                       "{fid_fmnist: {max_over_floor: 3}} or {val_loss: {max: 1.6}}")
+    gate: GateConfig = Field(default_factory=GateConfig, description="metric name -> bound, e.g. {fid_fmnist: "
+                             "{max: 40}}, {fid_fmnist: {max_over_floor: 3}} or {val_loss: {max: 1.6}}; `register: "
+                             "NAME` registers a run that passes as a version of model NAME")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="where the run is tracked")
 
     @model_validator(mode="before")

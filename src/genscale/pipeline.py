@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,8 @@ results = Console(soft_wrap=True)  # stdout: metrics and the gate verdict
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what `sample -o` may write an image grid as
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: int = 2) -> Path:
-    """uint8 (N, C, H, W) -> one PNG grid."""
+def grid_image(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> Image.Image:
+    """uint8 (N, C, H, W) -> one image of them in rows of nrow (default: a square), on white."""
     n, c, h, w = images.shape
     nrow = nrow or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / nrow))
@@ -37,9 +38,21 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: in
         r, col = divmod(i, nrow)
         grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = \
             img.transpose(1, 2, 0)
+    return Image.fromarray(grid[..., 0] if c == 1 else grid)
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: int = 2) -> Path:
+    """uint8 (N, C, H, W) -> one PNG grid."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    grid_image(images, nrow, pad).save(path)
     return path
+
+
+def grid_png(images: torch.Tensor | list[torch.Tensor]) -> bytes:
+    """uint8 (N, C, H, W) (or a list of such tensors) -> the PNG bytes of their grid."""
+    buffer = io.BytesIO()
+    grid_image(torch.cat(list(images)) if isinstance(images, list) else images).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def tracked_run_id(run_dir: Path) -> str:
@@ -133,7 +146,8 @@ def evaluate_and_gate(cfg: RunConfig, run_dir: Path, data: Any, sampler: Sampler
     records, facts = score_model(cfg, data, sampler, device)
     stored.update({**facts, **records})
     atomic_write_bytes(path, json.dumps(stored, indent=1).encode())
-    gate = apply_gate(cfg.gate, _flat_metrics(stored), {k: v["floor"] for k, v in stored.items() if "floor" in v})
+    gate = apply_gate(cfg.gate.thresholds, _flat_metrics(stored),
+                      {k: v["floor"] for k, v in stored.items() if "floor" in v})
     atomic_write_bytes(run_dir / "gate.json", json.dumps({"verdict": gate.verdict,
                                                           "reasons": gate.reasons}, indent=1).encode())
     tracker.log_metrics(_flat_metrics(records), step)
@@ -151,6 +165,29 @@ def print_results(records: dict[str, dict], gate: GateResult) -> None:
     results.print(f"gate: [bold {colour}]{gate.verdict}[/]")
     for reason in gate.reasons:
         results.print(f"  - {reason}")
+
+
+def register_if_passed(cfg: RunConfig, run_dir: Path, gate: GateResult | None, *, uri: str | None) -> None:
+    """`gate.register: NAME`: a run that passed its gate becomes the next version of model NAME in the store `uri`;
+    one that failed, or that registering refuses (the store does not hold it), is said to be left out in one line,
+    not an error: the run and its verdict stand."""
+    from genscale.registry import register_run
+
+    name = cfg.gate.register
+    if name is None:
+        return
+    if gate is None:
+        console.print(f"not registered as {name}: not evaluated (eval.on_train_end is false); `genscale eval "
+                      f"{run_dir.name}` evaluates and registers it", highlight=False)
+    elif not gate.passed:
+        console.print(f"not registered as {name}: gate FAIL", highlight=False)
+    else:
+        try:
+            version = register_run(run_dir, cfg, name, uri=uri)
+        except GenscaleError as e:
+            console.print(f"not registered as {name}: {e}", highlight=False)
+            return
+        console.print(f"registered {name} version {version.version}", highlight=False)
 
 
 def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: Path | None = None,
@@ -246,6 +283,7 @@ def _train(cfg: RunConfig, family: Any, device: torch.device, world: World, *, r
         sampler = recipe.sampler()
         for path in family.write_samples(cfg, data, sampler, run_dir):
             tracker.log_artifact(path)
+        gate = None
         if cfg.eval.on_train_end:
             records, gate = evaluate_and_gate(cfg, run_dir, data, sampler, device, tracker, cfg.train.steps)
             print_results(records, gate)
@@ -262,11 +300,13 @@ def _train(cfg: RunConfig, family: Any, device: torch.device, world: World, *, r
     finally:
         lock.release()
     tracker.finish()
+    register_if_passed(cfg, run_dir, gate, uri=tracker.uri if isinstance(tracker, Tracker) else None)
     return run_dir
 
 
 def evaluate_run(run: str, *, extractor: str | None = None, n: int | None = None) -> tuple[dict, GateResult]:
-    """Metrics and gate of a run's newest intact checkpoint, logged to its tracked run (its status unchanged)."""
+    """Metrics and gate of a run's newest intact checkpoint, logged to its tracked run (its status unchanged); with
+    gate.register in its config, a run that passes is registered in your store."""
     run_dir, cfg = load_run(run)
     family = family_of(cfg)
     if extractor:
@@ -281,7 +321,9 @@ def evaluate_run(run: str, *, extractor: str | None = None, n: int | None = None
     sampler, step = load_sampler(run_dir, cfg, device)
     if step != cfg.train.steps:
         console.print(f"note: evaluating checkpoint step {step} of the run's {cfg.train.steps} steps", highlight=False)
-    return evaluate_and_gate(cfg, run_dir, data, sampler, device, run_tracker(run_dir, reopen=False), step)
+    records, gate = evaluate_and_gate(cfg, run_dir, data, sampler, device, run_tracker(run_dir, reopen=False), step)
+    register_if_passed(cfg, run_dir, gate, uri=None)
+    return records, gate
 
 
 def run_sampler(run: str, settings: dict[str, Any] | None = None) -> tuple[RunConfig, Sampler]:

@@ -7,12 +7,14 @@ config.py joins them into one RunConfig, discriminated by `model.family`. Every 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from genscale.errors import GenscaleError
+from genscale.registry import MODEL_NAME, MODEL_NAME_RULE
 
 
 class Strict(BaseModel):
@@ -148,6 +150,31 @@ class Threshold(Strict):
         if self.max is None and self.min is None and self.max_over_floor is None:
             raise ValueError("needs 'max', 'min' or 'max_over_floor'")
         return self
+
+
+with warnings.catch_warnings():  # the field `register` shadows ABCMeta.register, which no config class is asked for
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class GateConfig(BaseModel):
+        """The quality gate: a bound per metric (`fid_fmnist: {max: 40}`, every other key is a metric's name) and,
+        optionally, the registered model a run that passes becomes a version of."""
+
+        model_config = ConfigDict(extra="allow", validate_assignment=True)
+        __pydantic_extra__: dict[str, Threshold] = Field(init=False)  # metric name -> bound, each validated
+        register: str | None = Doc(None, "register a run that passes under this model name (`genscale models`); "
+                                   "None: not registered")
+
+        @field_validator("register")
+        @classmethod
+        def _model_name(cls, value: str | None) -> str | None:
+            if value is not None and not MODEL_NAME.fullmatch(value):
+                raise ValueError(MODEL_NAME_RULE)
+            return value
+
+        @property
+        def thresholds(self) -> dict[str, Threshold]:
+            """metric name -> bound."""
+            return dict(self.__pydantic_extra__ or {})
 
 
 class TrackingConfig(Strict):

@@ -12,6 +12,7 @@ is asked to build something.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -28,9 +29,19 @@ class ImageSampler(Protocol):
     """A trained image model with its sampling procedure (a generator; a VAE's decoder; a UNet + scheduler)."""
 
     kind: Literal["image"]
+    classes: int | None  # class labels a request may condition on (0 .. classes - 1); None: unconditional
+    steps: int | None  # default steps of a step-wise sampler (DDIM); None: one network pass, no steps to choose
 
-    def images(self, n: int, *, seed: int) -> torch.Tensor:
-        """n samples as uint8 (n, C, H, W), quantised as a saved PNG would be; the same seed, the same images."""
+    def images(self, n: int, *, seed: int, label: int | None = None, steps: int | None = None) -> torch.Tensor:
+        """n samples as uint8 (n, C, H, W), quantised as a saved PNG would be; the same seed, the same images.
+        `label`: all n of that class (conditional models; default: the classes in turn); `steps`: the sampler's
+        steps instead of its default (a GenscaleError when the sampler cannot take them)."""
+        ...
+
+    def images_many(self, requests: Sequence[tuple[int, int]], *, label: int | None = None,
+                    steps: int | None = None) -> list[torch.Tensor]:
+        """Several (n, seed) requests in as few network passes as the family allows (the HTTP service batches
+        concurrent requests so); each is what `images(n, seed=seed)` gives, up to float rounding of a larger batch."""
         ...
 
 

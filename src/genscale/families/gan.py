@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from genscale.families.image import ImageEvalConfig, ImageFamily
+from genscale.families.image import ImageEvalConfig, ImageFamily, check_one_pass
 from genscale.sections import Doc, Float, Int, ModelBase, TrainBase
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
 
     from genscale.config import RunConfig
@@ -59,11 +61,28 @@ class GanSampler:
     z_dim: int
     device: torch.device
     kind: Literal["image"] = "image"
+    classes: int | None = None  # unconditional
+    steps: int | None = None  # one pass of the generator
 
-    def images(self, n: int, *, seed: int) -> torch.Tensor:
+    def images(self, n: int, *, seed: int, label: int | None = None, steps: int | None = None) -> torch.Tensor:
         from genscale.metrics.evaluate import generate_images
 
+        check_one_pass(label, steps)
         return generate_images(self.g, n, z_dim=self.z_dim, seed=seed, device=self.device)
+
+    def images_many(self, requests: Sequence[tuple[int, int]], *, label: int | None = None,
+                    steps: int | None = None) -> list[torch.Tensor]:
+        import torch
+
+        from genscale.metrics.evaluate import generate_images
+
+        check_one_pass(label, steps)
+        # each request's z as `images` draws it (its own seeded generator), then one pass for all of them
+        z = torch.cat([torch.randn(n, self.z_dim, generator=torch.Generator(self.device).manual_seed(seed),
+                                   device=self.device) for n, seed in requests])  # (sum n, z_dim)
+        return list(generate_images(self.g, len(z), z_dim=self.z_dim, seed=0, device=self.device, z=z)
+                    .split([n for n, _ in requests]))
+
 
 
 def build_recipe(cfg: RunConfig, data: DataSplits, device: torch.device, world: World):

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from genscale.sections import Doc, EvalBase, Float, Int, ModelBase, TrainBase
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
     import torch
 
     from genscale.config import RunConfig
     from genscale.data.tokenizer import TextTokenizer
     from genscale.data.tokens import TextData
     from genscale.models.gpt import GPT
+    from genscale.serve.models import TextJob
     from genscale.train.distributed import World
     from genscale.train.loop import Evaluation
 
@@ -82,6 +85,17 @@ class GptSampler:
               top_p: float | None) -> list[str]:
         import torch
 
+        start = self.start_ids(prompt).repeat(n, 1)  # (n, 1 + prompt tokens)
+        gen = torch.Generator(self.device).manual_seed(seed)
+        self.model.eval()
+        out = self.model.generate(start, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  generator=gen)
+        return [self.tokenizer.decode(row[start.shape[1]:].tolist()) for row in out]
+
+    def start_ids(self, prompt: str) -> torch.Tensor:
+        """(1, 1 + prompt tokens): the end-of-text token a document starts with, then the prompt's tokens."""
+        import torch
+
         from genscale.data.tokenizer import UNK_ID
         from genscale.errors import GenscaleError
 
@@ -89,13 +103,55 @@ class GptSampler:
         ids = tok.encode(prompt) if prompt else []
         if tok.kind == "char" and UNK_ID in ids:  # byte-level BPE has no unknown token
             unknown = sorted({ch for ch in prompt if tok.encode(ch) == [UNK_ID]})
-            raise GenscaleError(f"--prompt: characters outside the run's vocabulary: {''.join(unknown)!r}")
-        start = torch.tensor([tok.eot_id, *ids], device=self.device).repeat(n, 1)  # (n, 1 + prompt tokens)
-        gen = torch.Generator(self.device).manual_seed(seed)
+            raise GenscaleError(f"prompt: characters outside the run's vocabulary: {''.join(unknown)!r}")
+        return torch.tensor([[tok.eot_id, *ids]], device=self.device)
+
+    def texts_many(self, jobs: Sequence[TextJob]) -> list[list[str]]:
+        """Several requests with one decoding setting (the HTTP service batches them so): requests whose prompts
+        have one length share each forward; each request's rows are sampled from its own seeded generator, so a
+        request gives what `texts` gives it alone. A streamed request (one job) hands each new piece of text to its
+        `emit` as it comes; a job whose `stopped()` turns true ends early with what it has."""
+        import torch
+
+        from genscale.serve.models import stream_pieces
+
+        starts = [self.start_ids(job.prompt) for job in jobs]  # checks every prompt first
+        out: list[list[str]] = [[] for _ in jobs]
+        by_length: dict[int, list[int]] = {}
+        for i, start in enumerate(starts):
+            by_length.setdefault(start.shape[1], []).append(i)
         self.model.eval()
-        out = self.model.generate(start, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                  generator=gen)
-        return [tok.decode(row[start.shape[1]:].tolist()) for row in out]
+        for group in by_length.values():
+            idx = torch.cat([starts[i].repeat(jobs[i].n, 1) for i in group])  # (rows, T0)
+            gens = [(jobs[i].n, torch.Generator(self.device).manual_seed(jobs[i].seed)) for i in group]
+            new = max(jobs[i].max_tokens for i in group)
+            j0 = jobs[group[0]]
+            steps = self.model.stream(idx, new, temperature=j0.temperature, top_k=j0.top_k, top_p=j0.top_p,
+                                      generator=gens)
+            tokens: list[torch.Tensor] = []
+            if j0.emit is not None:  # one streamed job
+                pieces = stream_pieces(_kept(steps, tokens, j0.stopped), self.tokenizer.decode, j0.n)
+                for row, piece in pieces:
+                    j0.emit(row, piece)
+            else:
+                for _ in _kept(steps, tokens, lambda g=group: all(jobs[i].stopped() for i in g)):
+                    pass
+            generated = torch.cat(tokens, dim=1).tolist() if tokens else [[] for _ in range(len(idx))]
+            row = 0
+            for i in group:
+                out[i] = [self.tokenizer.decode(ids[:jobs[i].max_tokens]) for ids in generated[row:row + jobs[i].n]]
+                row += jobs[i].n
+        return out
+
+
+def _kept(steps: Iterator[torch.Tensor], tokens: list[torch.Tensor], stopped: Callable[[], bool]
+          ) -> Iterator[list[int]]:
+    """Each step's (B, 1) tokens appended to `tokens` and handed on as a list; ends early once `stopped()`."""
+    for step in steps:
+        tokens.append(step)
+        yield step[:, 0].tolist()
+        if stopped():
+            return
 
 
 def init_run_dir(cfg: RunConfig) -> Path | None:

@@ -46,6 +46,16 @@ class ImageEvalConfig(EvalBase):
     classifier: ClassifierConfig = Doc(ClassifierConfig(), "how the fmnist-classifier extractor is trained")
 
 
+def check_one_pass(label: int | None, steps: int | None) -> None:
+    """An unconditional one-pass sampler (a generator, a decoder) takes neither a class nor a step count."""
+    from genscale.errors import GenscaleError
+
+    if label is not None:
+        raise GenscaleError("class: this model is unconditional; it takes no class")
+    if steps is not None:
+        raise GenscaleError("steps: this model samples in one pass; it takes no sampling steps")
+
+
 def timed_images(sampler: ImageSampler, n: int, seed: int) -> tuple[torch.Tensor, float]:
     """(n samples, seconds per image): the sampling cost stored with every evaluation."""
     started = time.perf_counter()

@@ -140,12 +140,14 @@ def evaluate_images(images: torch.Tensor, splits: DataSplits, extractor: Feature
 
 @torch.no_grad()
 def generate_images(g: torch.nn.Module, n: int, *, z_dim: int, seed: int, device: torch.device,
-                    batch_size: int = 500) -> torch.Tensor:
-    """n samples as uint8 (N, C, H, W), quantised as a saved PNG would be; seeded, so repeatable."""
+                    batch_size: int = 500, z: torch.Tensor | None = None) -> torch.Tensor:
+    """n samples as uint8 (N, C, H, W), quantised as a saved PNG would be; seeded, so repeatable. `z` (n, z_dim):
+    these latents instead of the seed's."""
     g.eval()
     gen = torch.Generator(device).manual_seed(seed)
     out = []
     for i in range(0, n, batch_size):
-        x = g(torch.randn(min(batch_size, n - i), z_dim, generator=gen, device=device))
+        b = min(batch_size, n - i)
+        x = g(torch.randn(b, z_dim, generator=gen, device=device) if z is None else z[i:i + b])
         out.append(((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu())
     return torch.cat(out)

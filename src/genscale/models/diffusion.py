@@ -175,8 +175,9 @@ def previous_sample(scheduler: DDPMScheduler | DDIMScheduler, eps: torch.Tensor,
 @torch.no_grad()
 def sample(unet: nn.Module, n: int, *, image_shape: tuple[int, int, int], scheduler: DDPMScheduler | DDIMScheduler,
            steps: int, eta: float = 0.0, guidance: float = 1.0, labels: torch.Tensor | None = None,
-           generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
-    """n images (n, C, H, W) float in [-1, 1] on `device` by the reverse process in `steps` steps.
+           generator: torch.Generator, device: torch.device | str, x_t: torch.Tensor | None = None) -> torch.Tensor:
+    """n images (n, C, H, W) float in [-1, 1] on `device` by the reverse process in `steps` steps, from `x_t`
+    (n, C, H, W) when given, else from x_T drawn from `generator`.
 
     labels (n,) in [0, num_classes) or None (unconditional); guidance is diffusers' guidance_scale (see
     `classifier_free_guidance`). eta is used by DDIM only. All noise (x_T and each step's) comes from `generator`, so
@@ -188,7 +189,9 @@ def sample(unet: nn.Module, n: int, *, image_shape: tuple[int, int, int], schedu
     if labels is not None:
         labels = labels.to(device)
     scheduler.set_timesteps(steps)
-    x = torch.randn((n, *image_shape), generator=generator, device=generator.device).to(device)  # x_T ~ N(0, I)
+    if x_t is None:
+        x_t = torch.randn((n, *image_shape), generator=generator, device=generator.device)  # x_T ~ N(0, I)
+    x = x_t.to(device)
     for t in scheduler.timesteps:
         # 1. predict noise ε_θ(x_t, t) (guided, if labels are given)
         eps = predict_noise(unet, x, t, labels=labels, guidance=guidance)
@@ -207,8 +210,9 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 def sample_images(unet: nn.Module, n: int, *, image_shape: tuple[int, int, int],
                   scheduler: DDPMScheduler | DDIMScheduler, steps: int, eta: float = 0.0, guidance: float = 1.0,
                   labels: torch.Tensor | None = None, generator: torch.Generator, device: torch.device | str,
-                  batch_size: int = SAMPLE_BATCH) -> torch.Tensor:
-    """n images (n, C, H, W) uint8 on the CPU, sampled batch_size at a time (labels (n,) sliced alike).
+                  batch_size: int = SAMPLE_BATCH, x_t: torch.Tensor | None = None) -> torch.Tensor:
+    """n images (n, C, H, W) uint8 on the CPU, sampled batch_size at a time (labels (n,) and x_t (n, C, H, W), the
+    starting noise when given, sliced alike).
 
     The generator is shared by the batches in order, so the images depend on the seed and batch_size.
     """
@@ -217,6 +221,6 @@ def sample_images(unet: nn.Module, n: int, *, image_shape: tuple[int, int, int],
         b = min(batch_size, n - i)
         y = labels[i:i + b] if labels is not None else None
         x = sample(unet, b, image_shape=image_shape, scheduler=scheduler, steps=steps, eta=eta, guidance=guidance,
-                   labels=y, generator=generator, device=device)
+                   labels=y, generator=generator, device=device, x_t=None if x_t is None else x_t[i:i + b])
         out.append(to_uint8(x).cpu())
     return torch.cat(out) if out else torch.empty(0, *image_shape, dtype=torch.uint8)

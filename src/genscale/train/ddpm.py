@@ -6,21 +6,33 @@ from a seeded generator whose state is checkpointed, so a resumed run repeats an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from genscale.config import RunConfig
 from genscale.data.augment import augment_real, parse_augment
 from genscale.data.datasets import DataSplits
-from genscale.models.diffusion import alpha_bar, beta_schedule, diffusion_loss, make_scheduler, sample_images
+from genscale.errors import GenscaleError
+from genscale.models.diffusion import (
+    SAMPLE_BATCH,
+    alpha_bar,
+    beta_schedule,
+    check_steps,
+    diffusion_loss,
+    make_scheduler,
+    sample_images,
+)
 from genscale.models.gan import count_parameters
 from genscale.models.unet import UNet, build_unet
 from genscale.train.checkpoint import load_state, optimizer_from_flat, optimizer_to_flat, prefixed, unprefixed
 from genscale.train.distributed import SINGLE, World
 from genscale.train.machinery import BatchStream, count_flops, make_ema, seed_everything, to_unit_range
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler, DDPMScheduler
 
 
 def num_classes_of(cfg: RunConfig, num_classes: int) -> int | None:
@@ -44,17 +56,52 @@ class DdpmSampler:
     device: torch.device
     kind: Literal["image"] = "image"
 
-    def labels(self, n: int) -> torch.Tensor | None:
-        k = self.unet.num_classes
-        return None if k is None else torch.arange(n) % k
+    @property
+    def classes(self) -> int | None:
+        return self.unet.num_classes
 
-    @torch.no_grad()
-    def images(self, n: int, *, seed: int) -> torch.Tensor:
+    @property
+    def steps(self) -> int:
+        return self.cfg.eval.sampling_steps
+
+    def labels(self, n: int, label: int | None = None) -> torch.Tensor | None:
+        """All n of `label`, else the classes in turn (None for an unconditional model)."""
+        k = self.unet.num_classes
+        if label is not None and (k is None or not 0 <= label < k):
+            raise GenscaleError(f"class: {label} is not a class of this model (" +
+                                (f"0 to {k - 1})" if k else "it is unconditional)"))
+        return None if k is None else torch.full((n,), label) if label is not None else torch.arange(n) % k
+
+    def scheduler(self, steps: int | None) -> DDPMScheduler | DDIMScheduler:
         m, e = self.cfg.model, self.cfg.eval
         scheduler = make_scheduler(e.sampler, schedule=m.schedule, timesteps=m.timesteps)
+        check_steps(scheduler, steps or e.sampling_steps)
+        return scheduler
+
+    @torch.no_grad()
+    def images(self, n: int, *, seed: int, label: int | None = None, steps: int | None = None) -> torch.Tensor:
+        e = self.cfg.eval
         gen = torch.Generator().manual_seed(seed)  # on the CPU: the same images on any device
-        return sample_images(self.unet, n, image_shape=self.image_shape, scheduler=scheduler, steps=e.sampling_steps,
-                             eta=e.eta, guidance=e.guidance, labels=self.labels(n), generator=gen, device=self.device)
+        return sample_images(self.unet, n, image_shape=self.image_shape, scheduler=self.scheduler(steps),
+                             steps=steps or e.sampling_steps, eta=e.eta, guidance=e.guidance,
+                             labels=self.labels(n, label), generator=gen, device=self.device)
+
+    @torch.no_grad()
+    def images_many(self, requests: Sequence[tuple[int, int]], *, label: int | None = None,
+                    steps: int | None = None) -> list[torch.Tensor]:
+        e = self.cfg.eval
+        if e.sampler != "ddim" or e.eta != 0 or any(n > SAMPLE_BATCH for n, _ in requests):
+            # stochastic steps draw from each request's own generator as they go: one request at a time
+            return [self.images(n, seed=seed, label=label, steps=steps) for n, seed in requests]
+        # deterministic DDIM: only x_T is random; each request's x_T as `images` draws it, then one reverse process
+        x_t = torch.cat([torch.randn((n, *self.image_shape), generator=torch.Generator().manual_seed(seed))
+                         for n, seed in requests])  # (sum n, C, H, W)
+        labels = [self.labels(n, label) for n, _ in requests]
+        images = sample_images(self.unet, len(x_t), image_shape=self.image_shape, scheduler=self.scheduler(steps),
+                               steps=steps or e.sampling_steps, eta=0.0, guidance=e.guidance,
+                               labels=None if labels[0] is None else torch.cat(labels),
+                               generator=torch.Generator(), device=self.device, x_t=x_t)
+        return list(images.split([n for n, _ in requests]))
 
 
 def warmup_lr(step: int, *, lr: float, warmup_steps: int) -> float:

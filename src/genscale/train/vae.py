@@ -4,7 +4,7 @@ checkpointed, so a resumed run draws exactly the noise an uninterrupted one woul
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -12,8 +12,9 @@ import torch
 
 from genscale.config import RunConfig
 from genscale.data.datasets import DataSplits
+from genscale.families.image import check_one_pass
 from genscale.models.gan import count_parameters
-from genscale.models.vae import VAE, build_vae
+from genscale.models.vae import SAMPLE_BATCH, VAE, _draw_normal, build_vae
 from genscale.train.checkpoint import load_state, optimizer_from_flat, optimizer_to_flat, prefixed, unprefixed
 from genscale.train.distributed import SINGLE, World
 from genscale.train.machinery import BatchStream, autocast_for, count_flops, seed_everything
@@ -31,12 +32,27 @@ class VaeSampler:
     vae: VAE
     device: torch.device
     kind: Literal["image"] = "image"
+    classes: int | None = None  # unconditional
+    steps: int | None = None  # one pass of the decoder
 
     @torch.no_grad()
-    def images(self, n: int, *, seed: int) -> torch.Tensor:
+    def images(self, n: int, *, seed: int, label: int | None = None, steps: int | None = None) -> torch.Tensor:
+        check_one_pass(label, steps)
         self.vae.eval()
         gen = torch.Generator(self.device).manual_seed(seed)
         return self.vae.sample_images(n, generator=gen, device=self.device).cpu()
+
+    @torch.no_grad()
+    def images_many(self, requests: Sequence[tuple[int, int]], *, label: int | None = None,
+                    steps: int | None = None) -> list[torch.Tensor]:
+        check_one_pass(label, steps)
+        self.vae.eval()
+        like = next(self.vae.parameters()).new_empty(0, device=self.device)
+        # each request's z as `images` draws it (its own seeded generator), then one pass of the decoder
+        z = torch.cat([_draw_normal((n, self.vae.latent_dim), torch.Generator(self.device).manual_seed(seed), like)
+                       for n, seed in requests])  # (sum n, latent_dim)
+        images = torch.cat([self.vae.mean_image(self.vae.decode(chunk)) for chunk in z.split(SAMPLE_BATCH)])
+        return list(images.cpu().split([n for n, _ in requests]))
 
 
 class VaeStep:
