@@ -40,8 +40,10 @@ setup: $(VENV)/.installed $(GENSCALE_CACHE)/.system-data
 	@if command -v npm >/dev/null; then $(BIN)/genscale data fetch sotu; \
 	  else echo "npm not found: skipping the sotu corpus (genscale data fetch sotu --path FILE.tgz)"; fi
 
+# Two test processes, each file on one of them (a module's fixtures are built once): on 2 cores the suite is CPU-
+# and process-start-bound, and this overlaps one file's process starts and Ray start-up with another's compute.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The demo study: 12 DCGAN trials over data size x training steps, fitted laws, a report and a verdict.
 demo: setup

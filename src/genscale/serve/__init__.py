@@ -17,7 +17,7 @@ TOKEN_ENV = "GENSCALE_TOKEN"  # when set, requests need `Authorization: Bearer <
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def served_models(specs: list[str], *, device: str | None = None, max_batch: int = 16) -> list[ServedModel]:
+def served_models(specs: list[str], *, device: str | None = None) -> list[ServedModel]:
     """Load each model once (no unpickling: safetensors checkpoints); two specs with one served name are an error."""
     from genscale import registry
 
@@ -31,7 +31,7 @@ def served_models(specs: list[str], *, device: str | None = None, max_batch: int
         name, info, sampler = load_model(spec, device=device)
         if name in out:
             raise GenscaleError(f"serve: two models named '{name}' ({spec} and an earlier one)")
-        out[name] = ServedModel(name, info, sampler, max_batch=max_batch)
+        out[name] = ServedModel(name, info, sampler)
         console.print(f"loaded {name}: {info['family']} run {info['run_id']} step {info['step']}"
                       + (f", gate {info['gate']['verdict']}" if info.get("gate") else ""), highlight=False)
     return list(out.values())
@@ -53,6 +53,6 @@ def serve(specs: list[str], *, host: str = "127.0.0.1", port: int = 8000, device
     if host not in LOOPBACK and token is None:
         console.print(f"warning: serving on {host} without a token: anyone who can reach it can use it (set "
                       f"{TOKEN_ENV})", highlight=False)
-    app = create_app(lambda: served_models(specs, device=device, max_batch=max_batch), limits=limits, token=token)
+    app = create_app(lambda: served_models(specs, device=device), limits=limits, token=token, max_batch=max_batch)
     console.print(f"serving at http://{host}:{port}  (web page /, API docs /docs, readiness /ready)", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)

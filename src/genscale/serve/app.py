@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genscale.errors import GenscaleError
 from genscale.models.gpt import check_temperature
 from genscale.registry import MODEL_NAME
-from genscale.serve.models import ImageJob, ServedModel, TextJob
+from genscale.serve.models import ImageJob, ServedModel, TextJob, Worker
 
 NAME_PATTERN = MODEL_NAME.pattern
 DEFAULT_TOKENS = 64  # new tokens of a /generate text request that names none
@@ -119,20 +119,21 @@ def _bad(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-def create_app(load: Callable[[], list[ServedModel]], *, limits: Limits = Limits(), token: str | None = None
-               ) -> FastAPI:
+def create_app(load: Callable[[], list[ServedModel]], *, limits: Limits = Limits(), token: str | None = None,
+               max_batch: int = 16) -> FastAPI:
     """The app. `load` returns the served models; it runs once, in a thread, after start-up (/ready says when it is
-    done). `token`: every route but /health, /ready, the page and the docs needs `Authorization: Bearer <token>`."""
+    done). `token`: every route but /health, /ready, the page and the docs needs `Authorization: Bearer <token>`.
+    `max_batch`: rows one forward may hold when concurrent requests are batched."""
     metrics = Metrics()
     models: dict[str, ServedModel] = {}
+    worker = Worker(max_batch=max_batch, on_batch=lambda name, rows: metrics.batch.labels(name).observe(rows))
     state: dict[str, Any] = {"ready": False, "error": None}
 
     def load_all() -> None:
         try:
-            for m in load():
-                m.on_batch = lambda name, rows: metrics.batch.labels(name).observe(rows)
-                m.start()
-                models[m.name] = m
+            loaded = load()
+            worker.start()
+            models.update((m.name, m) for m in loaded)
             state["ready"] = True
         except Exception as e:  # the server stays up and says why in /ready
             state["error"] = str(e)
@@ -140,8 +141,7 @@ def create_app(load: Callable[[], list[ServedModel]], *, limits: Limits = Limits
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threading.Thread(target=load_all, name="genscale-serve-load", daemon=True).start()
         yield
-        for m in models.values():
-            m.stop()
+        worker.stop()
 
     app = FastAPI(title="genscale", version=_version(), lifespan=lifespan,
                   description="Samples from genscale models that passed their quality gate. Text models also speak "
@@ -255,7 +255,7 @@ def create_app(load: Callable[[], list[ServedModel]], *, limits: Limits = Limits
         if body.n > limits.max_images:
             raise _bad(400, f"n: {body.n} is over the limit of {limits.max_images} images per request (--max-images)")
         job = ImageJob(body.n, body.seed, body.label, body.steps)
-        images = await wait(model, model.submit(job, seconds=limits.request_seconds))
+        images = await wait(model, worker.submit(model, job, seconds=limits.request_seconds))
         if body.format == "png":
             from genscale.pipeline import grid_png
 
@@ -285,7 +285,7 @@ def create_app(load: Callable[[], list[ServedModel]], *, limits: Limits = Limits
                    "temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p}
         if not body.stream:
             job = text_job(model, **options)
-            texts = await wait(model, model.submit(job, seconds=limits.request_seconds))
+            texts = await wait(model, worker.submit(model, job, seconds=limits.request_seconds))
             return TextsResponse(model=model.name, seed=body.seed, texts=texts)
         return _stream(model, options, request, lambda row, piece: {"row": row, "text": piece},
                        done={"done": True})
@@ -300,7 +300,7 @@ def create_app(load: Callable[[], list[ServedModel]], *, limits: Limits = Limits
         job = text_job(model, **options, emit=lambda row, piece: loop.call_soon_threadsafe(pieces.put_nowait,
                                                                                            (row, piece)),
                        stopped=lambda: gone.is_set() or time.monotonic() > deadline)
-        future = model.submit(job, seconds=limits.request_seconds)
+        future = worker.submit(model, job, seconds=limits.request_seconds)
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(pieces.put_nowait, None))
         start = time.perf_counter()
 
@@ -354,7 +354,7 @@ def create_app(load: Callable[[], list[ServedModel]], *, limits: Limits = Limits
                 return _stream(model, options, request, lambda row, piece: chunk([choice(row, piece, None)]),
                                done="[DONE]", last=lambda row: chunk([choice(row, "", "length")]))
             job = text_job(model, **options)
-            texts = await wait(model, model.submit(job, seconds=limits.request_seconds))
+            texts = await wait(model, worker.submit(model, job, seconds=limits.request_seconds))
         except HTTPException as e:
             return _openai_error(e.status_code, e.detail, None)
         prompt_tokens = len(model.sampler.tokenizer.encode(prompts[0])) if prompts[0] else 0

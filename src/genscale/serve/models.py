@@ -1,5 +1,6 @@
 """The models a server holds: each loaded once from its run's newest intact checkpoint (safetensors, no
-unpickling) and kept warm, with one worker thread that runs its requests, batching those that can share a forward.
+unpickling) and kept warm, and the one worker thread that runs their requests, batching those that can share a
+forward.
 
 A request is decoded by the app, predicted here, and encoded by the app again (litgpt's decode -> predict -> encode):
 this module knows samplers, not HTTP.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -55,67 +57,100 @@ class TextJob:
         return ("text", self.temperature, self.top_k, self.top_p) if self.emit is None else ("stream", id(self))
 
 
-_STOP = object()  # queued by ServedModel.stop: the worker ends
+_STOP = object()  # queued by Worker.stop: the thread ends
 
 
 @dataclass
 class _Pending:
+    model: ServedModel
     job: ImageJob | TextJob
     future: Future
     deadline: float
 
+    def key(self) -> tuple:  # requests with one key may share a forward
+        return (self.model.name, *self.job.key())
+
 
 @dataclass
 class ServedModel:
-    """A model under its served name: its facts (registry version or run), its sampler, and its worker."""
+    """A model under its served name: its facts (registry version or run) and its sampler."""
 
     name: str
     info: dict[str, Any]
     sampler: Sampler
-    max_batch: int = 16  # rows (images, or continuations) one forward may hold
-    batch_wait: float = 0.005  # seconds the worker waits for more requests to join a batch
-    on_batch: Callable[[str, int], None] = lambda name, rows: None  # (model, rows): the batch-size histogram
-    _queue: queue.Queue = field(default_factory=queue.Queue)
-    _thread: threading.Thread | None = None
 
     @property
     def kind(self) -> str:
         return self.sampler.kind
 
+    def predict(self, jobs: list[Any]) -> list[Any]:
+        """Jobs of one key in one forward: a list of uint8 image tensors, or of texts, per job."""
+        if isinstance(jobs[0], ImageJob):
+            j = jobs[0]
+            return self.sampler.images_many([(job.n, job.seed) for job in jobs], label=j.label, steps=j.steps)
+        return self.sampler.texts_many(jobs)
+
+
+@dataclass
+class Worker:
+    """The one thread that runs every served model's forwards, oldest request first, each forward joined by the
+    queued requests of the same model and key (up to max_batch rows).
+
+    One thread for all models, not one per model: PyTorch's CPU kernels run on an OpenMP team per calling thread,
+    and while a second thread holds a team of its own libgomp stops spinning between parallel regions and puts its
+    threads to sleep on every one, which made a GPT's 200-token generation 2x and a 16-image DDIM 1.5x slower than
+    in a single thread (benchmarks/README.md (v)). Requests are batched from what is queued when a forward starts
+    (`batch_wait` 0): a request alone pays no wait, and under load the queue fills while the previous forward runs.
+    """
+
+    max_batch: int = 16  # rows (images, or continuations) one forward may hold
+    batch_wait: float = 0.0  # seconds to wait for more requests before a forward (0: what is queued)
+    on_batch: Callable[[str, int], None] = lambda name, rows: None  # (model, rows): the batch-size histogram
+    _queue: queue.Queue = field(default_factory=queue.Queue)
+    _thread: threading.Thread | None = None
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name=f"genscale-serve-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._work, name="genscale-serve-worker", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._queue.put(_STOP)
 
-    def submit(self, job: ImageJob | TextJob, *, seconds: float) -> Future:
-        """Queue a job; its future holds a list of uint8 image tensors or of texts. A job still queued when its
-        `seconds` are up is dropped (its future's exception a TimeoutError)."""
+    def submit(self, model: ServedModel, job: ImageJob | TextJob, *, seconds: float) -> Future:
+        """Queue a job; its future holds what `model.predict` gives it. A job still queued when its `seconds` are up
+        is dropped (its future's exception a TimeoutError)."""
         future: Future = Future()
-        self._queue.put(_Pending(job, future, time.monotonic() + seconds))
+        self._queue.put(_Pending(model, job, future, time.monotonic() + seconds))
         return future
 
     def _work(self) -> None:
-        held: Any = None  # the request that ended the last batch: it starts the next, in order
+        waiting: deque[_Pending] = deque()  # taken from the queue, not run yet: oldest first
         while True:
-            first = held if held is not None else self._queue.get()
-            held = None
-            if first is _STOP:
-                return
-            batch, rows = [first], first.job.n
-            wait_until = time.monotonic() + self.batch_wait
-            while rows < self.max_batch:
+            if not waiting:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                waiting.append(item)
+            if self.batch_wait:
+                time.sleep(self.batch_wait)
+            while True:  # everything queued by now joins the choice
                 try:
-                    nxt = self._queue.get(timeout=max(0.0, wait_until - time.monotonic()))
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is not _STOP and nxt.job.key() == first.job.key() and rows + nxt.job.n <= self.max_batch:
-                    batch.append(nxt)
-                    rows += nxt.job.n
-                else:  # another kind of request, or stop: after this batch
-                    held = nxt
-                    break
+                if item is _STOP:
+                    return
+                waiting.append(item)
+            first = waiting.popleft()
+            batch, rows, kept = [first], first.job.n, deque()
+            while waiting:
+                p = waiting.popleft()
+                if p.key() == first.key() and rows + p.job.n <= self.max_batch:
+                    batch.append(p)
+                    rows += p.job.n
+                else:
+                    kept.append(p)
+            waiting = kept
             self._run([p for p in batch if self._live(p)])
 
     @staticmethod
@@ -128,21 +163,16 @@ class ServedModel:
     def _run(self, batch: list[_Pending]) -> None:
         if not batch:
             return
-        self.on_batch(self.name, sum(p.job.n for p in batch))
+        model = batch[0].model
+        self.on_batch(model.name, sum(p.job.n for p in batch))
         try:
-            results = self._predict([p.job for p in batch])
+            results = model.predict([p.job for p in batch])
         except Exception as e:  # a GenscaleError is the caller's 4xx; anything else its 5xx
             for p in batch:
                 p.future.set_exception(e)
             return
         for p, result in zip(batch, results, strict=True):
             p.future.set_result(result)
-
-    def _predict(self, jobs: list[Any]) -> list[Any]:
-        if isinstance(jobs[0], ImageJob):
-            j = jobs[0]
-            return self.sampler.images_many([(job.n, job.seed) for job in jobs], label=j.label, steps=j.steps)
-        return self.sampler.texts_many(jobs)
 
 
 def run_info(run_dir: Path) -> dict[str, Any]:
