@@ -417,6 +417,20 @@ def test_serve_names_an_unknown_model_in_one_error_line(store):
         "error: model 'no-such-model': neither a registered model nor a run (genscale models list; genscale runs)"]
 
 
+def test_serve_without_models_in_an_empty_store_says_so_before_it_starts(tmp_path, monkeypatch):
+    env = {**os.environ, "GENSCALE_RUNS": str(tmp_path / "empty"), "CI": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([str(Path(sys.executable).with_name("genscale")), "serve", "--port", str(free_port())],
+                            env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert (result.stdout + result.stderr).strip().splitlines()[-1] == (
+        "error: serve: no registered models; register one (genscale models register RUN --name NAME) or name a run "
+        "to serve (genscale serve RUN)")
+    monkeypatch.setenv("GENSCALE_RUNS", str(tmp_path / "empty"))
+    listed = CliRunner().invoke(cli, ["models", "list"])
+    assert listed.exit_code == 0 and listed.output.startswith("no registered models in sqlite:///"), listed.output
+
+
 @pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
                     reason="Debian's chromium is not installed (make setup installs it as root)")
 def test_the_web_page_generates_images_and_streams_text_in_chromium(cli_server, store, tmp_path):

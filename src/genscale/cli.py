@@ -467,10 +467,15 @@ def models_register(run: Annotated[str, typer.Argument(help="run id, unique pref
 def models_list(as_json: Annotated[bool, typer.Option("--json", help="print a JSON list instead")] = False):
     """Each registered model: its champion version, else its latest."""
     from genscale.registry import registered_models
+    from genscale.tracking import tracking_uri
 
     versions = registered_models()
     if as_json:
         out.print(json.dumps([v.as_dict() for v in versions], indent=1), highlight=False, markup=False)
+        return
+    if not versions:
+        out.print(f"no registered models in {tracking_uri()} (genscale models register RUN --name NAME, or "
+                  "gate.register: NAME in a run's config)", highlight=False, markup=False)
         return
     table = Table("name", "version", "aliases", "family", "dataset version", "metrics", "gate", "run id")
     for v in versions:

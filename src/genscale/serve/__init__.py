@@ -18,14 +18,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def served_models(specs: list[str], *, device: str | None = None) -> list[ServedModel]:
-    """Load each model once (no unpickling: safetensors checkpoints); two specs with one served name are an error."""
-    from genscale import registry
-
-    if not specs:
-        specs = [v.name for v in registry.registered_models()]
-        if not specs:
-            raise GenscaleError("serve: no registered models; register one (genscale models register RUN --name "
-                                "NAME) or name a run to serve (genscale serve RUN)")
+    """Load each model of `specs` (check_models) once (no unpickling: safetensors checkpoints); two specs with one
+    served name are an error."""
     out: dict[str, ServedModel] = {}
     for spec in specs:
         name, info, sampler = load_model(spec, device=device)
@@ -37,10 +31,19 @@ def served_models(specs: list[str], *, device: str | None = None) -> list[Served
     return list(out.values())
 
 
-def check_models(specs: list[str]) -> None:
-    """Fail before the server starts when a named model does not exist (loading itself happens after start-up)."""
+def check_models(specs: list[str]) -> list[str]:
+    """The specs to serve (none named: every registered model); fails before the server starts when there are none
+    or a named one does not exist (loading itself happens after start-up)."""
+    from genscale import registry
+
+    if not specs:
+        specs = [v.name for v in registry.registered_models()]
+        if not specs:
+            raise GenscaleError("serve: no registered models; register one (genscale models register RUN --name "
+                                "NAME) or name a run to serve (genscale serve RUN)")
     for spec in specs:
         find_model(spec)
+    return specs
 
 
 def serve(specs: list[str], *, host: str = "127.0.0.1", port: int = 8000, device: str | None = None,
@@ -49,7 +52,7 @@ def serve(specs: list[str], *, host: str = "127.0.0.1", port: int = 8000, device
     import uvicorn
 
     token = os.environ.get(TOKEN_ENV) or None
-    check_models(specs)
+    specs = check_models(specs)
     if host not in LOOPBACK and token is None:
         console.print(f"warning: serving on {host} without a token: anyone who can reach it can use it (set "
                       f"{TOKEN_ENV})", highlight=False)

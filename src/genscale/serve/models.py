@@ -97,10 +97,10 @@ class Worker:
     queued requests of the same model and key (up to max_batch rows).
 
     One thread for all models, not one per model: PyTorch's CPU kernels run on an OpenMP team per calling thread,
-    and while a second thread holds a team of its own libgomp stops spinning between parallel regions and puts its
-    threads to sleep on every one, which made a GPT's 200-token generation 2x and a 16-image DDIM 1.5x slower than
-    in a single thread (benchmarks/README.md (v)). Requests are batched from what is queued when a forward starts
-    (`batch_wait` 0): a request alone pays no wait, and under load the queue fills while the previous forward runs.
+    and while another live thread holds a team of its own a model runs slower (a GPT's 200-token generation 1.9-2.1x
+    in isolation, a served 16-image DDIM-50 1.25x; benchmarks/README.md (v)). Requests are batched from what is
+    queued when a forward starts (`batch_wait` 0): a request alone pays no wait, and under load the queue fills while
+    the previous forward runs.
     """
 
     max_batch: int = 16  # rows (images, or continuations) one forward may hold
