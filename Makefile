@@ -13,11 +13,9 @@ export GENSCALE_CACHE ?= $(CURDIR)/cache
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# --no-compile: pip would byte-compile every module of every package (ray, mlflow, ...); Python compiles the ones a
-# process imports, when it first imports them.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --disable-pip-version-check --no-compile $(TORCH)
-	$(BIN)/pip install -q --disable-pip-version-check --no-compile -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
 # Fashion-MNIST comes from the Debian package where apt and root are available; otherwise

@@ -10,6 +10,15 @@ import pytest
 
 from genscale.config import RunConfig
 
+# The longest files first: `make test` runs files on two processes (pytest-xdist --dist loadfile), and a long file
+# handed out last would run alone at the end.
+LONGEST_FIRST = ("test_study_resume.py", "test_study.py", "test_faults.py", "test_ddp.py", "test_serve.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+               else len(LONGEST_FIRST))
+
 
 @pytest.fixture(autouse=True)
 def _isolated_runs(tmp_path, monkeypatch):

@@ -213,5 +213,6 @@ def test_every_fid_carries_the_real_vs_real_floor_of_as_many_training_images():
     reals = nested_subset(data.full_train, cfg.eval.n_samples, seed=0).x  # 200 of the 55,000, not the run's 256
     test = reference_features(extractor, data, cfg.eval.n_samples, cfg.eval.batch_size)
     expected = fid_from_moments(*feature_moments(extract(extractor, reals, 64, "reals")[0]), *feature_moments(test))
-    assert record["floor"] == pytest.approx(expected, rel=1e-9)
+    # float32 features: the two were 7e-6 apart once under two test processes (make test), equal to 1e-9 alone
+    assert record["floor"] == pytest.approx(expected, rel=1e-4)
     assert 0 < record["floor"] < record["value"]
