@@ -48,10 +48,11 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: in
     return path
 
 
-def grid_png(images: torch.Tensor | list[torch.Tensor]) -> bytes:
-    """uint8 (N, C, H, W) (or a list of such tensors) -> the PNG bytes of their grid."""
+def grid_png(images: torch.Tensor | list[torch.Tensor], nrow: int | None = None, pad: int = 2) -> bytes:
+    """uint8 (N, C, H, W) (or a list of such tensors) -> the PNG bytes of their grid (one image, nrow 1 and pad 0:
+    that image's PNG)."""
     buffer = io.BytesIO()
-    grid_image(torch.cat(list(images)) if isinstance(images, list) else images).save(buffer, format="PNG")
+    grid_image(torch.cat(list(images)) if isinstance(images, list) else images, nrow, pad).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

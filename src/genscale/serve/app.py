@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import io
 import json
 import threading
 import time
@@ -256,12 +255,12 @@ def create_app(load: Callable[[], list[ServedModel]], *, limits: Limits = Limits
             raise _bad(400, f"n: {body.n} is over the limit of {limits.max_images} images per request (--max-images)")
         job = ImageJob(body.n, body.seed, body.label, body.steps)
         images = await wait(model, worker.submit(model, job, seconds=limits.request_seconds))
-        if body.format == "png":
-            from genscale.pipeline import grid_png
+        from genscale.pipeline import grid_png
 
+        if body.format == "png":
             return Response(grid_png(images), media_type="image/png", headers={"X-Genscale-Seed": str(body.seed)})
         return JSONResponse(ImagesResponse(model=model.name, seed=body.seed, images=[
-            base64.b64encode(_png(img)).decode() for img in images]).model_dump())
+            base64.b64encode(grid_png(img[None], nrow=1, pad=0)).decode() for img in images]).model_dump())
 
     def text_job(model: ServedModel, *, prompt: str, n: int, seed: int, max_tokens: int, temperature: float,
                  top_k: int | None, top_p: float | None, emit=None, stopped=None) -> TextJob:
@@ -375,16 +374,6 @@ def _openai_error(status: int, message: str, param: str | None) -> JSONResponse:
     kind = {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error")
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param,
                                                                "code": None}})
-
-
-def _png(image: Any) -> bytes:
-    """uint8 (C, H, W) -> PNG bytes."""
-    from PIL import Image
-
-    array = image.permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _version() -> str:
