@@ -276,12 +276,28 @@ def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (c
           resume: Annotated[str | None, typer.Option(help="continue this run from its last checkpoint")] = None,
           nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="data-parallel processes on this "
                                                     "machine (train.gpus; default: the config's, or the run's)")
-                           ] = None):
+                           ] = None,
+          until_pass: Annotated[bool, typer.Option("--until-pass", help="on gate FAIL, tune and judge the best "
+                                                   "configuration, until PASS or the budget or rounds are spent")
+                                ] = False,
+          max_rounds: Annotated[int, typer.Option(help="--until-pass: rounds, the config as given being the first")
+                                ] = 3,
+          budget_flops: Annotated[float | None, typer.Option(help="--until-pass: training FLOPs of every round "
+                                                             "together (runs and trials; a pruned trial until it "
+                                                             "stopped)")] = None,
+          space: Annotated[Path | None, typer.Option(help="--until-pass: search space YAML (default: the family's; "
+                                                     "see genscale tune)")] = None,
+          trials: Annotated[int, typer.Option(help="--until-pass: trials per tuning round")] = 8,
+          workers: Annotated[int, typer.Option(help="--until-pass: trials trained side by side")] = 1):
     """Train a model, evaluate it and apply the gate; every run is tracked in MLflow.
 
     With --nproc N (or train.gpus: N) N processes train it data-parallel: one per GPU, or N CPU processes (gloo)
     without GPUs. Several machines: `torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d
-    --rdzv-endpoint HOST:PORT -m genscale train CONFIG` on each."""
+    --rdzv-endpoint HOST:PORT -m genscale train CONFIG` on each.
+
+    With --until-pass: train, evaluate, gate; on FAIL tune (genscale tune, in one study across rounds) within the
+    remaining --budget-flops and take the best configuration's run; repeat until PASS. Exit status: 0 PASS, 3 the
+    budget is spent without a PASS, 4 the rounds are spent without a PASS, 1 an error. Report: until-pass.md."""
     from genscale.config import config_with
     from genscale.pipeline import config_for_train, load_run
     from genscale.pipeline import train as train_run
@@ -290,6 +306,15 @@ def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (c
     if resume and (config or set_):
         raise GenscaleError("train: --resume continues a run with its saved config; drop CONFIG and --set")
     cfg = None if resume else config_for_train(str(config) if config else None, set_ or [])
+    if until_pass:
+        from genscale.tune.until import train_until_pass
+
+        if resume or nproc:
+            raise GenscaleError("train --until-pass: starts from a CONFIG on one process per run (no --resume, "
+                                "--nproc); continue an interrupted tuning round with `genscale tune --resume DIR`")
+        raise typer.Exit(train_until_pass(cfg, space_path=str(space) if space else None, max_rounds=max_rounds,
+                                          budget_flops=budget_flops, trials_per_round=trials,
+                                          workers=workers).exit_code)
     saved = load_run(resume)[1] if resume else cfg
     procs = nproc or saved.train.gpus
     if procs > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks; each runs this command as a process of them
@@ -300,6 +325,61 @@ def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (c
     run_dir = train_run(cfg, resume=resume)
     if "WORLD_SIZE" not in os.environ or os.environ.get("RANK") == "0":
         out.print(f"run folder: {run_dir}")
+
+
+@app.command()
+@friendly
+def tune(config: Annotated[Path | None, typer.Argument(help="run config YAML whose trials are tuned")] = None,
+         space: Annotated[Path | None, typer.Option(help="search space YAML: config key -> {type: float|int|"
+                                                    "categorical, low, high, log, step, choices} (default: the "
+                                                    "family's)")] = None,
+         trials: Annotated[int, typer.Option(help="trials in all (every worker together)")] = 20,
+         workers: Annotated[int, typer.Option(help="trial processes side by side on this machine")] = 1,
+         storage: Annotated[str | None, typer.Option(help="Optuna RDB storage URL (default sqlite:///<runs>/"
+                                                     "optuna.db; postgresql://... for workers on several "
+                                                     "machines)")] = None,
+         sampler: Annotated[str, typer.Option(help="tpe, random or grid")] = "tpe",
+         pruner: Annotated[str, typer.Option(help="median, hyperband or none (on the eval.every metric curve)")
+                           ] = "median",
+         startup_trials: Annotated[int, typer.Option(help="trials before TPE models the space and the median "
+                                                     "pruner stops any")] = 5,
+         seed: Annotated[int, typer.Option(help="the sampler's seed")] = 0,
+         budget_flops: Annotated[float | None, typer.Option(help="no trial starts once the training FLOPs spent "
+                                                            "plus one trial's would pass this")] = None,
+         set_: Annotated[list[str] | None, typer.Option("--set", help="override of the base config, e.g. "
+                                                        "train.steps=500")] = None,
+         resume: Annotated[Path | None, typer.Option(help="continue this tuning folder (after a kill: no finished "
+                                                     "trial is lost or repeated)")] = None,
+         out_dir: Annotated[Path | None, typer.Option("-o", "--out", help="tuning folder (default <runs>/tunes/"
+                                                      "NAME-tune-TIME)")] = None):
+    """Tune a run config with Optuna: each trial an ordinary tracked run (a child of the tuning run in MLflow),
+    pruned on its eval.every metric curve; the objective is the curve's last point (validation data). Writes the
+    best configuration (best.yaml, to `genscale train` again), parameter importances, plots and report.md."""
+    from genscale.pipeline import config_for_train
+    from genscale.tune.search import create_tune, run_tune
+    from genscale.tune.space import load_space
+
+    if resume:
+        if config or set_ or space:
+            raise GenscaleError("tune --resume: continues the folder's own plan; drop CONFIG, --space and --set")
+        summary = run_tune(resume, workers=workers if workers != 1 else None)
+    else:
+        cfg = config_for_train(str(config) if config else None, set_ or [])
+        tune_dir = create_tune(cfg, load_space(str(space) if space else None, cfg), trials=trials, sampler=sampler,
+                               pruner=pruner, storage=storage, seed=seed, startup_trials=startup_trials,
+                               workers=workers, budget_flops=budget_flops, out=out_dir)
+        summary = run_tune(tune_dir)
+    best = summary["best"]
+    if best:
+        out.print(f"best: trial {best['number']}, {summary['metric']} {best['value']:.4g}"
+                  + (f", gate {best['gate']}" if best["gate"] else "") + "; " +
+                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()))
+        out.print(f"best config: {best['config']}  (genscale train {best['config']})")
+    else:
+        out.print("no trial finished: no best configuration")
+    p = summary["pruning"]
+    out.print(f"pruned {p['pruned']} of {len(summary['trials'])} trials (saved {100 * p['saved_share']:.0f}% of "
+              f"the training FLOPs); report: {summary['report']}")
 
 
 @app.command("eval")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from genscale.gate import GateResult, apply_gate
 from genscale.paths import atomic_write_bytes, check_output_file, read_json, runs_dir
 from genscale.tracking import NullTracker, Tracker, resolve_run_dir, run_lock, tracking_uri
 from genscale.train.distributed import World, join, leave, peer_failed, world_from_env
-from genscale.train.loop import Evaluation, fit, write_config
+from genscale.train.loop import Evaluation, Pruned, fit, write_config
 from genscale.train.machinery import select_device, throughput
 from genscale.ui import console
 
@@ -192,12 +194,14 @@ def register_if_passed(cfg: RunConfig, run_dir: Path, gate: GateResult | None, *
 
 
 def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: Path | None = None,
-          tags: dict[str, str] | None = None) -> Path:
+          tags: dict[str, str] | None = None, observe: Callable[[int, float], bool] | None = None) -> Path:
     """Train a new run from `cfg`, or continue run `resume` from its latest checkpoint; returns the run folder.
 
     A new run's folder is `<runs>/<MLflow run id>` unless `run_dir` is given (a study puts its trials in its own
     folder); `tags` are added to the MLflow run. The data and device are checked before a run is recorded, so
-    bad input leaves no half-made run behind.
+    bad input leaves no half-made run behind. `observe(step, value)` is told every point of the eval.every metric
+    curve and may stop the run there by returning True (a tuning trial's pruner): the run raises train/loop.py
+    `Pruned` after recording pruned.json and the tag pruned.step; it needs eval.every and one process.
 
     Started by torchrun (or `genscale train --nproc N`), every rank calls this: rank 0 makes (or reopens) the run
     and tells the others its folder, all train their rows (train/loop.py `fit`), and rank 0 alone evaluates,
@@ -213,9 +217,12 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, run_dir: P
         except GenscaleError as e:  # every rank finds it: rank 0 says it
             raise (RankStopped(str(e)) if world.rank else e) from None
     family = family_of(cfg)
+    if observe and (cfg.eval.every is None or world.size > 1):
+        raise GenscaleError("a pruned run needs eval.every (its metric curve) and one training process "
+                            f"(eval.every is {cfg.eval.every}, {world.size} processes)")
     device = join(world, select_device(cfg.train.device))
     try:
-        return _train(cfg, family, device, world, resume=resume, run_dir=run_dir, tags=tags)
+        return _train(cfg, family, device, world, resume=resume, run_dir=run_dir, tags=tags, observe=observe)
     except RuntimeError as e:
         if world.size > 1 and peer_failed(e):  # the rank that failed has said why
             raise RankStopped(str(e)) from None
@@ -241,7 +248,7 @@ def _new_run(cfg: RunConfig, family: Any, data: Any, run_dir: Path | None, tags:
 
 
 def _train(cfg: RunConfig, family: Any, device: torch.device, world: World, *, resume: str | None,
-           run_dir: Path | None, tags: dict[str, str] | None) -> Path:
+           run_dir: Path | None, tags: dict[str, str] | None, observe: Callable[[int, float], bool] | None) -> Path:
     failed: GenscaleError | None = None
     if world.main:
         try:
@@ -249,6 +256,7 @@ def _train(cfg: RunConfig, family: Any, device: torch.device, world: World, *, r
             family.check_data(cfg, data)
             if resume:
                 lock = run_lock(run_dir)  # before the tracker: a second process on this run must not touch its status
+                (run_dir / "pruned.json").unlink(missing_ok=True)  # a pruned run resumed goes on from its checkpoint
                 tracker = run_tracker(run_dir, reopen=True)
             else:
                 run_dir, tracker, lock = _new_run(cfg, family, data, run_dir, tags)
@@ -268,7 +276,10 @@ def _train(cfg: RunConfig, family: Any, device: torch.device, world: World, *, r
     console.print(f"run {tracker.run_id}  ({run_dir})")
     try:
         recipe = family.recipe(cfg, data, device, resume=bool(resume), world=world)
-        counters = fit(cfg, run_dir, recipe, tracker, device, periodic_evaluation(cfg, data, recipe, device), world)
+        evaluation = periodic_evaluation(cfg, data, recipe, device)
+        if observe:
+            evaluation = dataclasses.replace(evaluation, observe=observe)
+        counters = fit(cfg, run_dir, recipe, tracker, device, evaluation, world)
         summary = {"family": cfg.model.family, "arch": cfg.model.arch, **recipe.summary(), "steps": cfg.train.steps,
                    "examples_per_step": family.examples_per_step(cfg),
                    "flops": counters["flops"], "epochs": counters["epochs"],
@@ -292,6 +303,14 @@ def _train(cfg: RunConfig, family: Any, device: torch.device, world: World, *, r
         ckpt = run_dir / "checkpoints"
         tracker.log_artifact(ckpt / f"step_{cfg.train.steps:07d}.safetensors", "checkpoint")
         tracker.log_artifact(ckpt / f"step_{cfg.train.steps:07d}.json", "checkpoint")
+    except Pruned as p:
+        atomic_write_bytes(run_dir / "pruned.json", json.dumps({"step": p.step, "steps": cfg.train.steps,
+                                                                "flops": p.flops, "train_seconds": p.train_seconds},
+                                                               indent=1).encode())
+        tracker.set_tags({"pruned.step": p.step})
+        tracker.log_metrics({"flops": p.flops, "train_seconds": p.train_seconds}, p.step)
+        tracker.finish("KILLED")
+        raise
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         raise

@@ -68,6 +68,7 @@ class Family(Protocol):
     train_config: type[Strict]
     eval_config: type[Strict]
     labels: dict[str, str]  # a report's words: "D" (what data size counts), "N" (what parameters count), "unit"
+    tune_space: dict[str, dict[str, Any]]  # what `genscale tune` searches without --space (tune/space.py format)
 
     def presets(self) -> dict[str, dict[str, dict[str, Any]]]:
         """arch -> size preset -> its hyperparameters; the first arch is the default."""

@@ -119,4 +119,5 @@ FAMILY = ImageFamily(
     name="ddpm", model_config=DdpmModelConfig, train_config=DdpmTrainConfig, eval_config=DdpmEvalConfig,
     labels={"D": "unique training images", "N": "parameters N (UNet)", "unit": "images"},
     presets=presets, build_recipe=build_recipe, sampler_from_checkpoint=sampler_from_checkpoint,
-    count_flops=count_flops, examples_per_step=lambda cfg: cfg.train.batch_size, check_config=check_sampling)
+    count_flops=count_flops, examples_per_step=lambda cfg: cfg.train.batch_size, check_config=check_sampling,
+    tune_space={"train.lr": {"type": "float", "low": 5e-5, "high": 1e-3, "log": True}})

@@ -112,4 +112,6 @@ FAMILY = ImageFamily(
     name="gan", model_config=GanModelConfig, train_config=GanTrainConfig, eval_config=GanEvalConfig,
     labels={"D": "unique training images", "N": "parameters N (generator + discriminator)", "unit": "images"},
     presets=presets, build_recipe=build_recipe, sampler_from_checkpoint=sampler_from_checkpoint,
-    count_flops=count_flops, examples_per_step=lambda cfg: cfg.train.batch_size * cfg.train.d_steps)
+    count_flops=count_flops, examples_per_step=lambda cfg: cfg.train.batch_size * cfg.train.d_steps,
+    tune_space={"train.lr_g": {"type": "float", "low": 5e-5, "high": 1e-3, "log": True},
+                "train.lr_d": {"type": "float", "low": 5e-5, "high": 1e-3, "log": True}})

@@ -185,6 +185,8 @@ class GptFamily:
     data_kind: Literal["text"] = "text"
     model_config, train_config, eval_config = GptModelConfig, GptTrainConfig, GptEvalConfig
     labels = {"D": "unique training tokens", "N": "parameters N (transformer)", "unit": "tokens"}
+    tune_space = {"train.lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+                  "train.weight_decay": {"type": "float", "low": 0.0, "high": 0.2}}
 
     def presets(self) -> dict[str, dict[str, dict[str, Any]]]:
         return presets()

@@ -86,6 +86,8 @@ class ImageFamily:
     extra_grids: Callable[[DataSplits, Any], dict[str, torch.Tensor]] | None = None
     # checks across sections that one section's validation cannot see (a sampler's steps against the chain's)
     check_config: Callable[[RunConfig], None] | None = None
+    # what `genscale tune` searches without --space: {dotted key: distribution} (tune/space.py)
+    tune_space: dict[str, dict[str, Any]] = field(default_factory=dict)
     data_kind: Literal["image"] = "image"
 
     def load_data(self, cfg: RunConfig, run_dir: Path | None) -> DataSplits:

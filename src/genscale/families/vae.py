@@ -147,4 +147,5 @@ FAMILY = ImageFamily(
     presets=presets, build_recipe=build_recipe, sampler_from_checkpoint=sampler_from_checkpoint,
     count_flops=count_flops, examples_per_step=lambda cfg: cfg.train.batch_size,
     model_metrics=likelihood_bounds, extra_grids=reconstructions,
-    model_metric_names={KEY_NELBO: "lower", KEY_NELBO_BPD: "lower", KEY_IWAE: "lower", KEY_IWAE_BPD: "lower"})
+    model_metric_names={KEY_NELBO: "lower", KEY_NELBO_BPD: "lower", KEY_IWAE: "lower", KEY_IWAE_BPD: "lower"},
+    tune_space={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})

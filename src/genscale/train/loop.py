@@ -37,6 +37,15 @@ class NonFiniteLossError(GenscaleError):
     pass
 
 
+class Pruned(Exception):
+    """Raised out of `fit` when the evaluation's `observe` asks the run to stop at a metric point (a tuning trial
+    its pruner stopped); carries what the run spent until then."""
+
+    def __init__(self, step: int, flops: int, train_seconds: float):
+        super().__init__(f"stopped at step {step}")
+        self.step, self.flops, self.train_seconds = step, flops, train_seconds
+
+
 class Recipe(Protocol):
     """What a family gives the loop."""
 
@@ -76,6 +85,8 @@ class Evaluation:
     budget: str  # what it is scored on, e.g. "1000 generated vs 1000 validation images"
     every: int
     score: Callable[[], float]
+    # told every point (step, value); True stops the run there (Pruned): a tuning trial's pruner
+    observe: Callable[[int, float], bool] | None = None
 
 
 class MetricCurve:
@@ -123,7 +134,8 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
     Losses are checked for NaN/infinity at every log window and before every checkpoint, and the checkpoint
     store refuses non-finite tensors, so a diverged run stops at its last good checkpoint and never writes a
     poisoned one. With an `evaluation`, the metric is scored every `evaluation.every` steps and at the end (its
-    time is not counted as training time) and the best checkpoint so far is kept (MetricCurve).
+    time is not counted as training time) and the best checkpoint so far is kept (MetricCurve); its `observe`, when
+    set, may stop the run at a point (Pruned).
 
     In a data-parallel `world` every rank runs this loop on its own rows (train/distributed.py); the logged values
     are means over ranks, FLOPs the sum over ranks, and rank 0 alone logs, tracks, scores and writes files. A
@@ -189,8 +201,12 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
                     checked(window)
                 if curve:
                     scoring = clock(device)
-                    curve.add(step, evaluation.score(), recipe, tracker, cfg)
+                    value = evaluation.score()
+                    curve.add(step, value, recipe, tracker, cfg)
                     started += clock(device) - scoring
+                    if evaluation.observe and evaluation.observe(step, value):
+                        counters["train_seconds"] += clock(device) - started
+                        raise Pruned(step, (counters["flops_per_step"] or 0) * step, counters["train_seconds"])
             if step % t.checkpoint_every == 0 or step == t.steps:
                 if window:  # a checkpoint can come before its log window ends: check what it holds first
                     checked(window)
