@@ -186,3 +186,25 @@ def test_until_pass_stops_when_the_budget_or_the_rounds_are_spent(tmp_path):
     assert record["outcome"] == "rounds" and len(record["rounds"]) == 2
     study = load_study(read_plan(Path(record["tune_dir"])))
     assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
+
+
+def test_tune_bad_input_is_one_error_line_and_creates_nothing(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    config = write(tmp_path / "toy.yaml", toy(corpus).model_dump(mode="json"))
+    space = write(tmp_path / "space.yaml", {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    cases = [
+        (["tune"], "tune: give a CONFIG file, or --resume DIR"),
+        (["tune", "--resume", str(tmp_path)], f"{tmp_path}: not a tuning folder (no tune.json)"),
+        (["tune", str(config), "--sampler", "cmaes"], "--sampler cmaes / --pruner median: choose a sampler of"),
+        (["tune", str(config), "--space", str(tmp_path / "nope.yaml")], "nope.yaml: cannot read search space"),
+        (["tune", str(config), "--trials", "0"], "--trials 0 / --workers 1 / --startup-trials 5: trials and "),
+        (["tune", str(config), "--storage", "nosuchdb://x"], "--storage nosuchdb://x: "),
+        (["tune", str(config), "--space", str(space), "--set", "train.gpus=2"], "tune: trials train on one process"),
+        (["train", str(config), "--until-pass"], "--until-pass: the config needs a gate (e.g. gate: {val_loss: "),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        lines = [x for x in result.output.splitlines() if x.strip()]
+        assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
+            (args, result.output)
+    assert not (tmp_path / "runs" / "tunes").exists() and not (tmp_path / "runs" / "optuna.db").exists()

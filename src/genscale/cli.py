@@ -364,7 +364,9 @@ def tune(config: Annotated[Path | None, typer.Argument(help="run config YAML who
             raise GenscaleError("tune --resume: continues the folder's own plan; drop CONFIG, --space and --set")
         summary = run_tune(resume, workers=workers if workers != 1 else None)
     else:
-        cfg = config_for_train(str(config) if config else None, set_ or [])
+        if config is None:
+            raise GenscaleError("tune: give a CONFIG file, or --resume DIR")
+        cfg = config_for_train(str(config), set_ or [])
         tune_dir = create_tune(cfg, load_space(str(space) if space else None, cfg), trials=trials, sampler=sampler,
                                pruner=pruner, storage=storage, seed=seed, startup_trials=startup_trials,
                                workers=workers, budget_flops=budget_flops, out=out_dir)
