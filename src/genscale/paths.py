@@ -36,6 +36,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path, obj: Any) -> None:
+    """`obj` as indented JSON, written atomically (values JSON cannot hold are written as their str)."""
+    atomic_write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
+
+
 def data_dir() -> Path:
     """`GENSCALE_DATA`, else ./datasets: dataset versions made by `genscale data ingest|clean|corrupt`."""
     return Path(os.environ.get("GENSCALE_DATA") or "datasets").absolute()

@@ -29,13 +29,9 @@ from genscale.config import saved_config
 from genscale.errors import GenscaleError
 from genscale.families import family_of
 from genscale.families.image import KEY_SAMPLING_SECONDS
-from genscale.paths import atomic_write_bytes, cache_dir, read_json, runs_dir
+from genscale.paths import cache_dir, read_json, runs_dir, write_json
 from genscale.study.spec import Trial, check_data_sizes, check_metric, expand_grid, load_study
 from genscale.ui import console, progress
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
 
 
 def read_plan(study_dir: Path) -> dict[str, Any]:
@@ -108,7 +104,7 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
             "operating_flops": operating_flops,
             "trials": [{"id": t.id, "axes": t.axes, "config": t.config.model_dump(mode="json"), "role": t.role,
                         "planned_flops": flops_per_step(t) * t.config.train.steps} for t in trials]}
-    _write_json(study_dir / "plan.json", plan)
+    write_json(study_dir / "plan.json", plan)
     parent.log_params({"study": study.model_dump(mode="json")})
     parent.set_tags({"study.folder": str(study_dir.absolute()), "study.trials": len(trials)})
     parent.client.update_run(parent.run_id, status="SCHEDULED")
@@ -229,7 +225,7 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
         raise
     except BaseException as e:  # noqa: BLE001  every failure is recorded; the study goes on
         error = {"trial": trial_id, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-        _write_json(folder / "error.json", error)
+        write_json(folder / "error.json", error)
         return error
     summary = json.loads((folder / "summary.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -250,7 +246,7 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
         "extractor": next(v["extractor"] for v in metrics.values() if "extractor" in v),
         "best": _best_of(folder),
     }
-    _write_json(folder / "result.json", result)
+    write_json(folder / "result.json", result)
     return result
 
 
@@ -269,7 +265,7 @@ def prepare_evaluation(trial: Trial, study_dir: Path, metric: str) -> None:
     from genscale.pipeline import load_data
 
     cfg = trial.config
-    _write_json(study_dir / "floor.json", family_of(cfg).floor(cfg, load_data(cfg), metric))
+    write_json(study_dir / "floor.json", family_of(cfg).floor(cfg, load_data(cfg), metric))
 
 
 def trial_resources(trial: Trial, res: dict[str, float]) -> dict[str, float]:
@@ -383,7 +379,7 @@ def probe_gpu_scaling(study_dir: Path, plan: dict[str, Any]) -> dict[str, Any] |
             record = {"error": f"{g} processes: " + next((ln for ln in done.stderr.splitlines()
                                                           if ln.startswith("error:")), f"exit {done.returncode}"),
                       "log": str(folder / f"gpus-{g}.log")}
-            _write_json(path, record)
+            write_json(path, record)
             return record
         run_dir = next(p.parent for p in (folder / "runs").glob("*/summary.json")
                        if read_json(p, "summary")["world_size"] == g)
@@ -392,7 +388,7 @@ def probe_gpu_scaling(study_dir: Path, plan: dict[str, Any]) -> dict[str, Any] |
                      "examples_per_second": steady_examples_per_second(run_dir, steps, summary["examples_per_step"]),
                      "step_seconds": summary["step_seconds"], "mfu": summary["mfu"]})
     record = {"of_trial": base["id"], "steps": steps, "results": rows, "cost_seconds": time.time() - started}
-    _write_json(path, record)
+    write_json(path, record)
     return record
 
 
@@ -413,7 +409,7 @@ def _report_trial(ray, ref, trial: Trial, study_dir: Path, metric: str, out) -> 
         result = ray.get(ref)
     except Exception as e:  # the worker process itself died (segfault, OOM kill, ...)
         result = {"trial": trial.id, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-        _write_json(study_dir / "trials" / trial.id / "error.json", result)
+        write_json(study_dir / "trials" / trial.id / "error.json", result)
     axes = " ".join(f"{k}={v}" for k, v in trial.axes.items())
     if "error" in result:
         out.print(f"[red]✗[/] {trial.id}  {axes}: {result['error'].splitlines()[0][:200]}", highlight=False)

@@ -4,7 +4,6 @@ importance (fANOVA, Hutter et al. 2014, as Optuna computes it), what pruning sav
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import yaml
 
 from genscale.config import config_with, saved_config
-from genscale.paths import atomic_write_bytes, read_json
+from genscale.paths import read_json, write_json
 
 
 def _trial_row(t: Any) -> dict[str, Any]:
@@ -74,7 +73,7 @@ def _plots(study: Any, tune_dir: Path) -> list[str]:
 
 def write_report(tune_dir: Path) -> dict[str, Any]:
     """report.md, summary.json, best.yaml and the plots of a tuning folder; returns the summary."""
-    from genscale.tune.search import load_study, read_plan
+    from genscale.tune.search import load_study, read_plan, spent_flops
 
     tune_dir = Path(tune_dir)
     plan = read_plan(tune_dir)
@@ -97,7 +96,7 @@ def write_report(tune_dir: Path) -> dict[str, Any]:
         best["config"] = str(tune_dir / "best.yaml")
     imp, why = importances(study)
     pruned = [r for r in rows if r["state"] == "PRUNED" and "full_flops" in r]
-    spent = sum(r["flops"] or 0.0 for r in rows if r["state"] in ("COMPLETE", "PRUNED", "FAIL"))
+    spent = spent_flops(study)
     pruning = {"pruned": sum(r["state"] == "PRUNED" for r in rows),
                "flops_spent_on_pruned": sum(r["flops"] for r in pruned),
                "flops_saved": sum(r["full_flops"] - r["flops"] for r in pruned)}
@@ -107,7 +106,7 @@ def write_report(tune_dir: Path) -> dict[str, Any]:
                "sampler": plan["sampler"], "pruner": plan["pruner"], "trials": rows, "best": best,
                "importance": imp, "importance_note": why, "spent_flops": spent, "pruning": pruning, "plots": plots,
                "report": str(tune_dir / "report.md")}
-    atomic_write_bytes(tune_dir / "summary.json", json.dumps(summary, indent=1, default=str).encode())
+    write_json(tune_dir / "summary.json", summary)
     (tune_dir / "report.md").write_text(_markdown(summary, plan, tune_dir))
     return summary
 

@@ -17,7 +17,6 @@ folder from its last checkpoint, with the values it was given.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -29,7 +28,7 @@ from typing import Any
 
 from genscale.config import RunConfig, config_with, saved_config
 from genscale.errors import GenscaleError
-from genscale.paths import atomic_write_bytes, read_json, runs_dir
+from genscale.paths import read_json, runs_dir, write_json
 from genscale.tune.space import Param, contains, dump_space, read_space, suggest, value_of
 from genscale.ui import console
 
@@ -69,8 +68,11 @@ def read_plan(tune_dir: Path) -> dict[str, Any]:
     return read_json(path, "tuning plan")
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
+def update_plan(tune_dir: Path, **changes: Any) -> dict[str, Any]:
+    """Set keys of a tuning folder's plan (tune.json), e.g. more trials for another round; returns the plan."""
+    plan = {**read_plan(tune_dir), **changes}
+    write_json(Path(tune_dir) / "tune.json", plan)
+    return plan
 
 
 def with_curve(cfg: RunConfig) -> RunConfig:
@@ -168,7 +170,7 @@ def create_tune(cfg: RunConfig, space: dict[str, Param], *, trials: int, sampler
             "startup_trials": startup_trials, "workers": workers, "budget_flops": budget_flops,
             "trial_flops": trial_flops, "parent_run_id": parent.run_id, "host": socket.gethostname(),
             "origin": origin, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _write_json(tune_dir / "tune.json", plan)
+    write_json(tune_dir / "tune.json", plan)
     parent.log_params({"tune": {k: plan[k] for k in ("trials", "sampler", "pruner", "seed", "startup_trials",
                                                      "storage", "budget_flops")}, "space": plan["space"]})
     parent.set_tags({"tune.folder": str(tune_dir), "tune.storage": storage})
@@ -353,8 +355,7 @@ def run_tune(tune_dir: Path, *, workers: int | None = None) -> dict[str, Any]:
     try:
         workers = workers or plan["workers"]
         if workers != plan["workers"]:
-            plan["workers"] = workers
-            _write_json(tune_dir / "tune.json", plan)
+            plan = update_plan(tune_dir, workers=workers)
         study = load_study(plan)
         adopt = orphans(study, tune_dir)
         parent = Tracker.existing(plan["parent_run_id"], reopen=True)

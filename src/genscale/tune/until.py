@@ -9,14 +9,13 @@ config's seed, so the best configuration's run is that trial's run: training it 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from genscale.config import RunConfig
 from genscale.errors import GenscaleError
-from genscale.paths import atomic_write_bytes, read_json
+from genscale.paths import read_json, write_json
 from genscale.ui import console
 
 EXIT_PASSED, EXIT_ERROR, EXIT_BUDGET_SPENT, EXIT_ROUNDS_SPENT = 0, 1, 3, 4  # the exit statuses of --until-pass
@@ -78,7 +77,7 @@ def train_until_pass(cfg: RunConfig, *, space_path: str | None = None, max_round
     """Train `cfg`; while its gate fails, tune (a round of `trials_per_round` trials, within what is left of
     `budget_flops` training FLOPs) and judge the best configuration's run, for at most `max_rounds` rounds."""
     from genscale.pipeline import train
-    from genscale.tune.search import create_tune, load_study, read_plan, run_tune, with_curve
+    from genscale.tune.search import create_tune, load_study, read_plan, run_tune, update_plan, with_curve
     from genscale.tune.space import load_space
 
     if not cfg.gate.thresholds or not cfg.eval.on_train_end:
@@ -107,12 +106,12 @@ def train_until_pass(cfg: RunConfig, *, space_path: str | None = None, max_round
                                    trial_flops=first["flops"], first_trial=False, origin="until-pass")
             if _add_first_run(tune_dir, cfg, space, first_dir, first):
                 outside = 0.0
-                _extend(tune_dir, 1)
+                update_plan(tune_dir, trials=trials_per_round + 1)
             elif budget_flops is not None:
-                _set_budget(tune_dir, budget_flops - first["flops"])
+                update_plan(tune_dir, budget_flops=budget_flops - first["flops"])
             result.tune_dir = tune_dir
         else:
-            _extend(tune_dir, trials_per_round)
+            update_plan(tune_dir, trials=read_plan(tune_dir)["trials"] + trials_per_round)
         before = len(load_study(read_plan(tune_dir)).get_trials(deepcopy=False))
         console.print(f"until-pass: round {number} of at most {max_rounds}: gate FAIL so far; tuning "
                       f"{trials_per_round} more trials" + (f" within {budget_flops - result.spent_flops:.3g} FLOPs "
@@ -136,22 +135,6 @@ def train_until_pass(cfg: RunConfig, *, space_path: str | None = None, max_round
     return _finish(result)
 
 
-def _extend(tune_dir: Path, more: int) -> None:
-    from genscale.tune.search import read_plan
-
-    plan = read_plan(tune_dir)
-    plan["trials"] += more
-    atomic_write_bytes(tune_dir / "tune.json", json.dumps(plan, indent=1).encode())
-
-
-def _set_budget(tune_dir: Path, flops: float) -> None:
-    from genscale.tune.search import read_plan
-
-    plan = read_plan(tune_dir)
-    plan["budget_flops"] = flops
-    atomic_write_bytes(tune_dir / "tune.json", json.dumps(plan, indent=1).encode())
-
-
 OUTCOME_WORDS = {"passed": "gate PASS", "budget": "budget spent without a PASS",
                  "rounds": "rounds spent without a PASS"}
 
@@ -162,7 +145,7 @@ def _finish(result: UntilPass) -> UntilPass:
     record = {"outcome": result.outcome, "exit_code": result.exit_code, "run_dir": str(result.run_dir),
               "spent_flops": result.spent_flops, "budget_flops": result.budget_flops, "rounds": result.rounds,
               "tune_dir": str(result.tune_dir) if result.tune_dir else None}
-    atomic_write_bytes(folder / "until-pass.json", json.dumps(record, indent=1).encode())
+    write_json(folder / "until-pass.json", record)
     lines = ["# train --until-pass", "", f"Outcome: **{OUTCOME_WORDS[result.outcome]}** (exit status "
              f"{result.exit_code}) after {len(result.rounds)} rounds and {result.spent_flops:.3g} training FLOPs"
              + (f" of a budget of {result.budget_flops:.3g}" if result.budget_flops else "") + ".", "",
