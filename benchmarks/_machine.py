@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
@@ -25,3 +27,9 @@ def machine() -> dict:
 
 def command() -> str:
     return " ".join(["python", *sys.argv])
+
+
+def write_result(out: str | Path, result: dict) -> None:
+    """The benchmark's result as indented JSON at `out` (its folder made)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")

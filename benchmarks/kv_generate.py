@@ -22,7 +22,6 @@ The ratio is median genscale / median transformers (goal >= 1.0); per-repeat rat
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from _machine import command, machine
+from _machine import command, machine, write_result
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from genscale.models.gpt import GPT, build_gpt, gpt2_config, gpt2_state_dict
@@ -140,8 +139,7 @@ def main() -> None:
                            "prompt_tokens": args.prompt, "new_tokens": args.new_tokens, "repeats": args.repeats,
                            "uncached_repeats": args.uncached_repeats, "dtype": "float32", "decoding": "greedy"},
               "equivalence": checks, "cells": cells}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out, result)
     print("\n| threads | preset | batch | genscale tokens/s | transformers tokens/s | ratio | uncached tokens/s |"
           " cache speed-up |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
     for c in cells:

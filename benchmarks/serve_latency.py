@@ -23,7 +23,6 @@ clients is what batching concurrent requests into one forward buys.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import httpx
 import torch
-from _machine import command, machine
+from _machine import command, machine, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 GENSCALE = Path(sys.executable).with_name("genscale")
@@ -218,8 +217,7 @@ def main() -> None:
                            "server": "genscale serve defaults (one worker thread, max_batch 16, no batch wait)",
                            "dtype": "float32"},
               "health_p50_s": floor_p50, "cells": cells}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out, result)
     print("\n| workload | clients | served p50 s | served p95 s | served req/s | direct req/s | ratio |\n"
           "| --- | --- | --- | --- | --- | --- | --- |")
     for c in cells:

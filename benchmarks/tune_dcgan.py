@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import command, machine
+from _machine import command, machine, write_result
 
 
 def main() -> None:
@@ -83,8 +83,7 @@ def main() -> None:
         "ratio_fid_tuned_over_default_same_steps": round(tuned["fid"] / default_short["fid"], 3),
         "note": "one training seed per configuration; FID-fmnist is the domain extractor's FID (lower is better)",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(args.out, result)
     print(json.dumps({k: result[k] for k in ("tuning", "default_at_trial_steps", "tuned_best_trial",
                                              "default_at_equal_compute", "tuned_config_at_equal_compute_steps",
                                              "ratio_fid_tuned_over_default_equal_compute")}, indent=1))

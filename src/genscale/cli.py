@@ -357,7 +357,7 @@ def tune(config: Annotated[Path | None, typer.Argument(help="run config YAML who
     best configuration (best.yaml, to `genscale train` again), parameter importances, plots and report.md."""
     from genscale.pipeline import config_for_train
     from genscale.tune.search import create_tune, run_tune
-    from genscale.tune.space import load_space
+    from genscale.tune.space import format_params, load_space
 
     if resume:
         if config or set_ or space:
@@ -374,8 +374,7 @@ def tune(config: Annotated[Path | None, typer.Argument(help="run config YAML who
     best = summary["best"]
     if best:
         out.print(f"best: trial {best['number']}, {summary['metric']} {best['value']:.4g}"
-                  + (f", gate {best['gate']}" if best["gate"] else "") + "; " +
-                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()))
+                  + (f", gate {best['gate']}" if best["gate"] else "") + "; " + format_params(best["params"]))
         out.print(f"best config: {best['config']}  (genscale train {best['config']})")
     else:
         out.print("no trial finished: no best configuration")

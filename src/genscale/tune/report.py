@@ -12,6 +12,7 @@ import yaml
 
 from genscale.config import config_with, saved_config
 from genscale.paths import read_json, write_json
+from genscale.tune.space import format_params
 
 
 def _trial_row(t: Any) -> dict[str, Any]:
@@ -144,7 +145,7 @@ def _markdown(s: dict[str, Any], plan: dict[str, Any], tune_dir: Path) -> str:
         state = r["state"] + (f" at step {r['stopped_at']}" if "stopped_at" in r else "")
         lines.append(f"| {r['number']} | {state} | {_fmt(r['value']) if r['value'] is not None else '-'} | "
                      f"{r['gate'] or '-'} | {_fmt(r['flops']) if r['flops'] else '-'} | "
-                     + ", ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items()) + f" | {r['run_id'] or '-'} |")
+                     + format_params(r["params"]) + f" | {r['run_id'] or '-'} |")
     lines.append("")
     lines += [f"![{name}]({name})" for name in s["plots"]]
     return "\n".join(lines) + "\n"

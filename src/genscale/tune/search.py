@@ -29,7 +29,7 @@ from typing import Any
 from genscale.config import RunConfig, config_with, saved_config
 from genscale.errors import GenscaleError
 from genscale.paths import read_json, runs_dir, write_json
-from genscale.tune.space import Param, contains, dump_space, read_space, suggest, value_of
+from genscale.tune.space import Param, contains, dump_space, format_params, read_space, suggest, value_of
 from genscale.ui import console
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -278,7 +278,7 @@ def run_trial(tune_dir: Path, plan: dict[str, Any], study: Any, trial: Any, work
 
 
 def describe(t: Any) -> str:
-    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+    params = format_params(t.params)
     if t.state.name == "COMPLETE":
         how = f"{t.user_attrs.get('metric', 'value')} {t.value:.4g}" + (f", gate {t.user_attrs['gate']}"
                                                                        if "gate" in t.user_attrs else "")

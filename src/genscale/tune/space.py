@@ -131,6 +131,11 @@ def contains(p: Param, value: Any) -> bool:
     return p.low <= value <= p.high
 
 
+def format_params(params: dict[str, Any]) -> str:
+    """'train.lr=0.01014, model.loss=ns': a trial's values in a line (floats to 4 significant digits)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def dump_space(space: dict[str, Param]) -> dict[str, Any]:
     return {k: p.model_dump(exclude_none=True) for k, p in space.items()}
 
