@@ -1,4 +1,4 @@
-"""Start-up of `genscale runs --json` (a script's first call) against the interpreter's own start-up and `import mlflow`.
+"""Start-up of `genscale runs --json` (a script's first call) against the bare interpreter and `import mlflow`.
 
 Each pair is timed as whole processes, one after the other, alternating which goes first; the ratio is taken pair by
 pair (the machine's speed drifts) and the median quoted. Cases:
