@@ -25,6 +25,9 @@ app.add_typer(study_app, name="study")
 models_app = typer.Typer(help="Registered models: runs that passed their gate, as versions of named models in the "
                          "MLflow model registry of the tracking store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+config_app = typer.Typer(help="Run configs: the resolved config a run would save, and the JSON schema of every key.",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -288,8 +291,13 @@ def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (c
           space: Annotated[Path | None, typer.Option(help="--until-pass: search space YAML (default: the family's; "
                                                      "see genscale tune)")] = None,
           trials: Annotated[int, typer.Option(help="--until-pass: trials per tuning round")] = 8,
-          workers: Annotated[int, typer.Option(help="--until-pass: trials trained side by side")] = 1):
+          workers: Annotated[int, typer.Option(help="--until-pass: trials trained side by side")] = 1,
+          strict: Annotated[bool, typer.Option("--strict", help="exit status 2 when the gate fails (default: 0, "
+                                               "FAIL printed)")] = False):
     """Train a model, evaluate it and apply the gate; every run is tracked in MLflow.
+
+    Exit status: 0 the run trained (gate PASS, or FAIL without --strict, or not evaluated), 2 with --strict the gate
+    failed, 1 an error, 130 interrupted.
 
     With --nproc N (or train.gpus: N) N processes train it data-parallel: one per GPU, or N CPU processes (gloo)
     without GPUs. Several machines: `torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d
@@ -299,7 +307,8 @@ def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (c
     remaining --budget-flops and take the best configuration's run; repeat until PASS. Exit status: 0 PASS, 3 the
     budget is spent without a PASS, 4 the rounds are spent without a PASS, 1 an error. Report: until-pass.md."""
     from genscale.config import config_with
-    from genscale.pipeline import config_for_train, load_run
+    from genscale.gate import EXIT_GATE_FAILED
+    from genscale.pipeline import config_for_train, gate_verdict, load_run
     from genscale.pipeline import train as train_run
     from genscale.train.distributed import launch
 
@@ -320,11 +329,14 @@ def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (c
     if procs > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks; each runs this command as a process of them
         config_with(saved, {"train.gpus": procs}, f"--nproc {procs}")  # a share that does not divide: said once
         args = ["-m", "genscale", "train", *(["--resume", resume] if resume else [str(config)] if config else []),
-                *(f"--set={s}" for s in set_ or []), *([] if resume else [f"--set=train.gpus={procs}"])]
+                *(f"--set={s}" for s in set_ or []), *([] if resume else [f"--set=train.gpus={procs}"]),
+                *(["--strict"] if strict else [])]
         raise typer.Exit(launch(args, procs))
     run_dir = train_run(cfg, resume=resume)
     if "WORLD_SIZE" not in os.environ or os.environ.get("RANK") == "0":
         out.print(f"run folder: {run_dir}")
+        if strict and gate_verdict(run_dir) == "FAIL":
+            raise typer.Exit(EXIT_GATE_FAILED)
 
 
 @app.command()
@@ -389,15 +401,22 @@ def eval_(run: Annotated[str, typer.Argument(help="run id, unique prefix, or fol
           extractor: Annotated[str | None, typer.Option(help="fmnist-classifier or inception")] = None,
           n: Annotated[int | None, typer.Option("--n", help="generated samples (images: for FID/KID/IS; text: "
                                                       "prompts continued for BLEU and samples for self-BLEU)")
-                       ] = None):
+                       ] = None,
+          strict: Annotated[bool, typer.Option("--strict", help="exit status 2 when the gate fails (default: 0, "
+                                               "FAIL printed)")] = False):
     """Score a run's newest checkpoint on held-out data (images: FID/KID/IS, precision/recall against the test split;
-    text: loss, perplexity, BLEU), then apply the gate."""
+    text: loss, perplexity, BLEU), then apply the gate.
+
+    Exit status: 0 evaluated (gate PASS, or FAIL without --strict), 2 with --strict the gate failed, 1 an error."""
+    from genscale.gate import EXIT_GATE_FAILED
     from genscale.pipeline import evaluate_run, print_results
 
     if extractor not in (None, "fmnist-classifier", "inception"):
         raise GenscaleError(f"--extractor: unknown '{extractor}' (choose fmnist-classifier or inception)")
     records, gate = evaluate_run(run, extractor=extractor, n=n)
     print_results(records, gate)
+    if strict and not gate.passed:
+        raise typer.Exit(EXIT_GATE_FAILED)
 
 
 @app.command()
@@ -466,16 +485,29 @@ def sample(run: Annotated[str, typer.Argument(help="run id, unique prefix, or fo
 
 @app.command()
 @friendly
-def runs(limit: Annotated[int, typer.Option(help="rows to show")] = 20,
-         experiment: Annotated[str, typer.Option(help="MLflow experiment")] = "genscale"):
-    """List tracked runs: id, family, dataset size, steps, FLOPs, metrics and gate."""
+def runs(limit: Annotated[int, typer.Option(help="rows to show", min=1)] = 20,
+         experiment: Annotated[str, typer.Option(help="MLflow experiment")] = "genscale",
+         filter_: Annotated[str, typer.Option("--filter", help="an MLflow search filter, e.g. \"tags.gate = 'PASS'\", "
+                                               "\"metrics.fid_fmnist < 50\", 'params.\"train.steps\" = \'100\'' "
+                                               "(joined with and)")] = "",
+         as_json: Annotated[bool, typer.Option("--json", help="print a JSON list (id, name, status, folder, family, "
+                                                             "arch, start_time, params, metrics, tags)")] = False):
+    """List tracked runs, newest first: id, family, dataset size, steps, FLOPs, metrics and gate."""
     from genscale.tracking import list_runs
 
+    rows = list_runs(experiment=experiment, filter_string=filter_, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        out.print("no runs" + (f" match {filter_!r}" if filter_ else "") + f" in experiment {experiment}",
+                  highlight=False, markup=False)
+        return
     table = Table("id", "name", "status", "family/arch", "data size", "steps", "FLOPs", "metrics", "gate")
-    for r in list_runs(experiment=experiment)[:limit]:
+    for r in rows:
         m, p, t = r["metrics"], r["params"], r["tags"]
         shown = {k: v for k, v in m.items() if k.startswith(("fid", "kid", "is_", "val_loss", "bleu"))}
-        table.add_row(r["id"][:8], r["name"], r["status"], f"{t.get('family', '?')}/{t.get('arch', '?')}",
+        table.add_row(r["id"][:8], r["name"], r["status"], f"{r['family'] or '?'}/{r['arch'] or '?'}",
                       f"{m['data_size']:.0f}" if "data_size" in m else "-", p.get("train.steps", "-"),
                       f"{m['flops']:.3g}" if "flops" in m else "-",
                       " ".join(f"{k}={v:.3g}" for k, v in sorted(shown.items())) or "-", t.get("gate", "-"))
@@ -484,20 +516,15 @@ def runs(limit: Annotated[int, typer.Option(help="rows to show")] = 20,
 
 @app.command()
 @friendly
-def settings(family: Annotated[str, typer.Argument(help="model family: gan, gpt, vae or ddpm")] = "gan",
-             schema: Annotated[bool, typer.Option("--json", help="print the JSON schema of a run config (every "
-                                                          "family) instead")] = False):
+def settings(family: Annotated[str, typer.Argument(help="model family: gan, gpt, vae or ddpm")] = "gan"):
     """Every run-config key of a family with its default and what it is for (the family selects the model, train
-    and eval sections; data, gate and tracking are shared)."""
+    and eval sections; data, gate and tracking are shared). The JSON schema of them all: genscale config schema."""
     from pydantic import BaseModel
 
     from genscale.config import RunConfig
     from genscale.families import FAMILIES
     from genscale.sections import DataConfig, TrackingConfig
 
-    if schema:
-        out.print_json(json.dumps(RunConfig.model_json_schema()))
-        return
     if family not in FAMILIES:
         raise GenscaleError(f"settings: unknown family '{family}' (choose {', '.join(FAMILIES)})")
     f = FAMILIES[family]
@@ -523,6 +550,27 @@ def settings(family: Annotated[str, typer.Argument(help="model family: gan, gpt,
                       {"model": {"family": family}, "data": {"source": "fashion-mnist" if f.data_kind == "image"
                                                             else "shakespeare"}})))))
     (out if out.is_terminal else Console(width=200)).print(table)
+
+
+@config_app.command("show")
+@friendly
+def config_show(config: Annotated[str, typer.Argument(help="run config YAML (configs/*.yaml)")],
+                set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.steps=100")
+                                ] = None):
+    """The resolved run config as YAML, every default filled: what `genscale train CONFIG --set ...` would save as
+    the run's config.yaml."""
+    from genscale.config import config_yaml, load_config
+
+    typer.echo(config_yaml(load_config(config, set_ or [])), nl=False)  # as is: no markup, emoji or wrapping
+
+
+@config_app.command("schema")
+@friendly
+def config_schema():
+    """The JSON schema of a run config (every family's sections; model.family selects them), e.g. for an editor."""
+    from genscale.config import run_config_schema
+
+    typer.echo(json.dumps(run_config_schema(), indent=1))
 
 
 def _metrics_cell(metrics: dict[str, dict]) -> str:
@@ -657,6 +705,31 @@ def _finish_study(analysis: dict, study_dir: Path) -> None:
     out.print(f"report: {study_dir / 'report.html'}  (Markdown: {study_dir / 'report.md'})", highlight=False)
 
 
+def _print_dry_run(cost: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(cost, indent=1))
+        return
+    table = Table("trial", "axes", "steps", "FLOPs/step", "FLOPs", "device", "s/step", "train time",
+                  title=f"study {cost['study']}: {len(cost['trials'])} trials, {cost['probes']} probed (dry run: "
+                        "nothing created)")
+    for t in cost["trials"]:
+        table.add_row(t["id"], " ".join(f"{k}={v}" for k, v in t["axes"].items()), str(t["steps"]),
+                      f"{t['flops_per_step']:.3g}", f"{t['flops']:.3g}", t["device"], f"{t['step_seconds']:.3g}",
+                      _duration(t["train_seconds"]))
+    (out if out.is_terminal else Console(width=250)).print(table)
+    out.print(f"training FLOPs {cost['flops']:.3g}; estimated training wall time on {cost['workers']} "
+              f"worker{'s' if cost['workers'] > 1 else ''}: {_duration(cost['wall_seconds'])} (training steps only: "
+              "evaluation, start-up and the GPU probe come on top)", highlight=False)
+    if cost["cleaned_data_probed_raw"]:
+        out.print("note: data.clean trials were probed on the uncleaned version (same shapes and FLOPs; cleaning "
+                  "stores a version, which a dry run does not)", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
 @study_app.command("run")
 @friendly
 def study_run(study: Annotated[Path, typer.Argument(help="study YAML (configs/study-*.yaml)")],
@@ -664,12 +737,23 @@ def study_run(study: Annotated[Path, typer.Argument(help="study YAML (configs/st
                                                                  "(default: CPU cores / cpus_per_trial)")] = None,
               ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster "
                                                                      "(the study folder must be shared)")] = None,
-              out_dir: Annotated[Path | None, typer.Option("--out", help="study folder to create")] = None):
+              out_dir: Annotated[Path | None, typer.Option("--out", help="study folder to create")] = None,
+              dry_run: Annotated[bool, typer.Option("--dry-run", help="print the trials, their training FLOPs from "
+                                                    "a one-step probe of each distinct config, and the estimated "
+                                                    "training wall time on --workers; create nothing")] = False,
+              as_json: Annotated[bool, typer.Option("--json", help="--dry-run: print it as JSON")] = False):
     """Check and expand a study, run its trials in parallel on Ray, fit scaling laws, write the report."""
     from genscale.study.execute import create_study, run_study
 
     if workers is not None and workers < 1:
         raise GenscaleError(f"--workers: must be at least 1, got {workers}")
+    if as_json and not dry_run:
+        raise GenscaleError("study run --json: prints a --dry-run; add --dry-run")
+    if dry_run:
+        from genscale.study.execute import dry_run as plan_cost
+
+        _print_dry_run(plan_cost(study, workers=workers), as_json)
+        return
     study_dir = create_study(study, out_dir)
     _finish_study(run_study(study_dir, workers=workers, ray_address=ray_address), study_dir)
 

@@ -194,6 +194,38 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     return raw
 
 
+def run_config_schema() -> dict[str, Any]:
+    """The JSON schema of a run-config file as users write it (`genscale config schema`).
+
+    pydantic's own schema discriminates the model/train/eval sections by a `family` key inside each, which a config
+    never writes (model.family chooses them, gan when absent), so a section valid for several families matched
+    each of its oneOf branches and no shipped config validated. Here each section is chosen the config's way: one
+    if/then per family on model.family."""
+    schema = RunConfig.model_json_schema()
+    props = schema["properties"]
+    for kind in SECTIONS:
+        props[kind] = {"type": "object", "description": props[kind]["description"]}
+    props["model"]["properties"] = {"family": {"enum": list(FAMILIES), "default": "gan",
+                                               "description": "the model family; selects the model, train and eval "
+                                               "sections' settings"}}
+    branches = []
+    for name, family in FAMILIES.items():
+        chosen: dict[str, Any] = {"properties": {"model": {"properties": {"family": {"const": name}}}}}
+        if name != "gan":  # gan is the family of a config that names none
+            chosen["required"] = ["model"]
+            chosen["properties"]["model"]["required"] = ["family"]
+        branches.append({"if": chosen, "then": {"properties": {
+            kind: {"$ref": f"#/$defs/{getattr(family, f'{kind}_config').__name__}"} for kind in SECTIONS}}})
+    schema["allOf"] = branches
+    return schema
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML, every default filled, in field order: what a run saves as its config.yaml (and
+    `genscale config show` prints); load_config reads it back to the same RunConfig."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML config, apply `--set` overrides, validate strictly."""
     return config_from_dict(apply_overrides(read_yaml_mapping(path), list(overrides)), str(path))

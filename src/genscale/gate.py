@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from genscale.config import Threshold
 
+EXIT_GATE_FAILED = 2  # `genscale train|eval --strict`: the run's gate failed (an error is 1, PASS 0)
+
 
 @dataclass(frozen=True)
 class GateResult:

@@ -20,7 +20,7 @@ from genscale.families import Sampler, family_of
 from genscale.families.image import SAMPLE_SEED
 from genscale.gate import GateResult, apply_gate
 from genscale.paths import atomic_write_bytes, check_output_file, read_json, runs_dir
-from genscale.tracking import NullTracker, Tracker, resolve_run_dir, run_lock, tracking_uri
+from genscale.tracking import FOLDER_TAG, NullTracker, Tracker, resolve_run_dir, run_lock, tracking_uri
 from genscale.train.distributed import World, join, leave, peer_failed, world_from_env
 from genscale.train.loop import Evaluation, Pruned, fit, write_config
 from genscale.train.machinery import select_device, throughput
@@ -170,6 +170,12 @@ def print_results(records: dict[str, dict], gate: GateResult) -> None:
         results.print(f"  - {reason}")
 
 
+def gate_verdict(run_dir: Path) -> str | None:
+    """PASS or FAIL as the run's last evaluation judged it (gate.json), or None when it has not been evaluated."""
+    path = run_dir / "gate.json"
+    return read_json(path, "gate verdict").get("verdict") if path.exists() else None
+
+
 def register_if_passed(cfg: RunConfig, run_dir: Path, gate: GateResult | None, *, uri: str | None) -> None:
     """`gate.register: NAME`: a run that passed its gate becomes the next version of model NAME in the store `uri`;
     one that failed, or that registering refuses (the store does not hold it), is said to be left out in one line,
@@ -239,6 +245,7 @@ def _new_run(cfg: RunConfig, family: Any, data: Any, run_dir: Path | None, tags:
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_lock(run_dir)
     atomic_write_bytes(run_dir / "tracking.json", json.dumps({"run_id": tracker.run_id}).encode())
+    tracker.set_tags({FOLDER_TAG: str(run_dir.absolute())})
     write_config(cfg, run_dir)
     for path in family.new_run_files(data, run_dir):
         tracker.log_artifact(path)

@@ -12,21 +12,26 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from genscale.errors import GenscaleError
 from genscale.paths import runs_dir
 
+FOLDER_TAG = "genscale.folder"  # the run folder a run records, so `genscale runs --json` can name it
 
-def tracking_uri(configured: str | None = None) -> str:
-    """Config, then $MLFLOW_TRACKING_URI, then sqlite:///<runs>/mlflow.db."""
+
+def tracking_uri(configured: str | None = None, *, make_folder: bool = True) -> str:
+    """Config, then $MLFLOW_TRACKING_URI, then sqlite:///<runs>/mlflow.db (its folder made, unless `make_folder` is
+    false: a reader must not leave a folder behind)."""
     if configured:
         return configured
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     root = runs_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    if make_folder:
+        root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
@@ -205,14 +210,39 @@ def resolve_run_dir(run: str) -> Path:
     raise GenscaleError(f"run '{run}': ambiguous, matches {', '.join(p.name for p in matches[:5])}")
 
 
-def list_runs(uri: str | None = None, experiment: str = "genscale") -> list[dict[str, Any]]:
-    """Rows for `genscale runs`, newest first."""
+def list_runs(uri: str | None = None, experiment: str = "genscale", *, filter_string: str = "",
+              limit: int = 1000) -> list[dict[str, Any]]:
+    """Rows for `genscale runs`, newest first: at most `limit` runs of `experiment` that match `filter_string`, an
+    MLflow search filter (`tags.gate = 'PASS' and metrics.fid_fmnist < 50`, `params."train.steps" = '100'`).
+
+    A SQLite store that does not exist yet holds no runs: said without importing MLflow (~2 s) or creating it."""
+    uri = tracking_uri(uri, make_folder=False)
+    db = _sqlite_path(uri)
+    if db is not None and not db.exists():
+        return []
+    from mlflow.exceptions import MlflowException
+
     client = open_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    rows = []
-    for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1000):
-        rows.append({"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
-                     "params": r.data.params, "metrics": r.data.metrics, "tags": r.data.tags})
-    return rows
+    try:
+        found = client.search_runs([exp.experiment_id], filter_string=filter_string,
+                                   order_by=["attributes.start_time DESC"], max_results=limit)
+    except MlflowException as e:
+        raise GenscaleError(f"--filter {filter_string!r}: {str(e).splitlines()[0]}") from None
+    return [run_row(r) for r in found]
+
+
+def run_row(r: Any) -> dict[str, Any]:
+    """One MLflow run as plain JSON-able values: its folder is the one it recorded (tag genscale.folder), else
+    <runs>/<id> when that holds a run, else None (a run folder elsewhere, or gone)."""
+    folder = r.data.tags.get(FOLDER_TAG)
+    if folder is None and (runs_dir() / r.info.run_id / "config.yaml").is_file():
+        folder = str(runs_dir() / r.info.run_id)
+    started = r.info.start_time
+    return {"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "folder": folder,
+            "family": r.data.tags.get("family"), "arch": r.data.tags.get("arch"),
+            "start_time": datetime.fromtimestamp(started / 1000, timezone.utc).isoformat(timespec="seconds")
+            if started else None,
+            "params": r.data.params, "metrics": r.data.metrics, "tags": r.data.tags}

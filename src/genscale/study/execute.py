@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from genscale.errors import GenscaleError
 from genscale.families import family_of
 from genscale.families.image import KEY_SAMPLING_SECONDS
 from genscale.paths import cache_dir, read_json, runs_dir, write_json
-from genscale.study.spec import Trial, check_data_sizes, check_metric, expand_grid, load_study
+from genscale.study.spec import StudyConfig, Trial, check_data_sizes, check_metric, expand_grid, load_study
 from genscale.ui import console, progress
 
 
@@ -41,8 +42,24 @@ def read_plan(study_dir: Path) -> dict[str, Any]:
     return read_json(path, "study plan")
 
 
-def create_study(path: str | Path, out: Path | None = None) -> Path:
-    """Expand and check the study, then write its folder; nothing trains here, so bad input costs nothing."""
+@dataclass
+class StudyPlan:
+    """An expanded, checked study before anything is written: its trials (steps resolved) and what they plan."""
+
+    study: StudyConfig
+    trials: list[Trial]
+    planned_flops: dict[str, int]  # trial id -> counted FLOPs of one step x its steps
+    data: dict[str, Any]  # trial id -> its dataset, whole (before data.size cuts it)
+    full: Any  # the smallest dataset: the one the operating point's data size is checked against
+    full_size: int
+    operating_size: int
+    operating_flops: float
+
+
+def plan_study(path: str | Path, *, store: bool = True) -> StudyPlan:
+    """Expand and check the study: axes, metric, data sizes, FLOP budgets resolved to steps, the operating point.
+    `store=False` writes nothing anywhere: a trial training on a cleaned dataset (data.clean) is planned on the
+    version it would clean (its shapes, hence FLOPs per step, are the same), since cleaning stores a version."""
     from genscale.pipeline import load_data
 
     study, base = load_study(path)
@@ -53,7 +70,8 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
     full_sizes: dict[str, int] = {}  # its unique training examples before data.size cuts them
     data_key: dict[str, str] = {}  # trial id -> its key in fulls
     for t in trials:
-        whole = t.config.model_copy(update={"data": t.config.data.model_copy(update={"size": None, "augment": "none"})})
+        whole_data = {"size": None, "augment": "none", **({} if store else {"clean": False})}
+        whole = t.config.model_copy(update={"data": t.config.data.model_copy(update=whole_data)})
         key = whole.data.model_dump_json() + whole.model.family + str(getattr(whole.model, "init_from", None))
         if key not in fulls:
             fulls[key] = load_data(whole)
@@ -86,7 +104,15 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
     if study.verify:
         trials += verify_trials(study, trials, planned, operating_size, operating_flops, full_size,
                                 flops_per_step, data_key)
+        planned.update({t.id: flops_per_step(t) * t.config.train.steps for t in trials if t.role == "verify"})
+    return StudyPlan(study, trials, planned, {t.id: fulls[data_key[t.id]] for t in trials}, full, full_size,
+                     operating_size, operating_flops)
 
+
+def create_study(path: str | Path, out: Path | None = None) -> Path:
+    """Expand and check the study, then write its folder; nothing trains here, so bad input costs nothing."""
+    p = plan_study(path)
+    study, trials = p.study, p.trials
     study_dir = out or runs_dir() / "studies" / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if study_dir.exists() and any(study_dir.iterdir()):
         raise GenscaleError(f"{study_dir}: folder exists and is not empty; resume it with `genscale study resume`")
@@ -99,16 +125,69 @@ def create_study(path: str | Path, out: Path | None = None) -> Path:
     (study_dir / "trials").mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(Path(path).read_text())
     plan = {"name": study.name, "study": study.model_dump(mode="json"), "parent_run_id": parent.run_id,
-            "dataset": full.name, "dataset_version": full.version, "full_data_size": full_size,
-            "operating_data_size": operating_size,
-            "operating_flops": operating_flops,
+            "dataset": p.full.name, "dataset_version": p.full.version, "full_data_size": p.full_size,
+            "operating_data_size": p.operating_size,
+            "operating_flops": p.operating_flops,
             "trials": [{"id": t.id, "axes": t.axes, "config": t.config.model_dump(mode="json"), "role": t.role,
-                        "planned_flops": flops_per_step(t) * t.config.train.steps} for t in trials]}
+                        "planned_flops": p.planned_flops[t.id]} for t in trials]}
     write_json(study_dir / "plan.json", plan)
     parent.log_params({"study": study.model_dump(mode="json")})
     parent.set_tags({"study.folder": str(study_dir.absolute()), "study.trials": len(trials)})
     parent.client.update_run(parent.run_id, status="SCHEDULED")
     return study_dir
+
+
+def default_workers(cpus_per_trial: float) -> int:
+    """Trials at once on a local Ray when --workers is not given: the CPU cores over cpus_per_trial."""
+    return max(1, int((os.cpu_count() or 1) // cpus_per_trial))
+
+
+def dry_run(path: str | Path, *, workers: int | None = None) -> dict[str, Any]:
+    """What `study run` would train, and its cost, creating nothing: every trial's axes, steps and training FLOPs
+    counted by a one-step probe of its config on its configured device (train/loop.py `probe_step`; one probe per
+    distinct model, step and data shape), and the wall time of their training steps on `workers` workers.
+
+    The estimate is training only (no evaluation, start-up, checkpoints or the GPU probe), from one uncounted step
+    at resources.cpus_per_trial torch threads; trials start in plan order on the first free worker, as Ray starts
+    them. A data-parallel trial (train.gpus > 1) is probed on one process: its FLOPs are the same total, its time
+    that of one process doing the whole batch (an upper bound)."""
+    import torch
+
+    from genscale.config import config_with
+    from genscale.train.loop import probe_step
+
+    p = plan_study(path, store=False)
+    res = p.study.resources
+    workers = workers or default_workers(res.cpus_per_trial)
+    probes: dict[str, dict[str, Any]] = {}  # probe key -> its probe
+    probe_of: dict[str, dict[str, Any]] = {}  # trial id -> its probe
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(res.cpus_per_trial)))  # what a trial's worker gets (OMP_NUM_THREADS)
+    try:
+        for t in p.trials:
+            c = t.config
+            key = c.model.model_dump_json() + c.data.model_dump_json() + c.train.model_dump_json(
+                exclude={"steps", "seed", "checkpoint_every", "log_every"})  # what a step's work depends on
+            if key not in probes:
+                one = config_with(c, {"train.gpus": 1, "data.clean": False}, f"trial {t.id} probe")
+                probes[key] = probe_step(one, family_of(one).load_data(one, None))
+            probe_of[t.id] = probes[key]
+    finally:
+        torch.set_num_threads(threads)
+    rows = []
+    free = [0.0] * workers  # when each worker is next free
+    for t in p.trials:
+        probe = probe_of[t.id]
+        seconds = probe["step_seconds"] * t.config.train.steps
+        start = min(free)
+        free[free.index(start)] = start + seconds
+        rows.append({"id": t.id, "role": t.role, "axes": t.axes, "steps": t.config.train.steps,
+                     "flops_per_step": probe["flops"], "flops": probe["flops"] * t.config.train.steps,
+                     "planned_flops": p.planned_flops[t.id], "device": probe["device"],
+                     "step_seconds": probe["step_seconds"], "train_seconds": seconds})
+    return {"study": p.study.name, "trials": rows, "workers": workers, "probes": len(probes),
+            "flops": sum(r["flops"] for r in rows), "wall_seconds": max(free),
+            "cleaned_data_probed_raw": any(t.config.data.clean for t in p.trials)}
 
 
 def check_operating_point(origin: str, d0: float, c0: float, sizes: list[float], flops: list[float], factor: float
@@ -304,7 +383,7 @@ def run_study(study_dir: Path, *, workers: int | None = None, ray_address: str |
     plan = read_plan(study_dir)
     trials = trials_of(plan)
     res = plan["study"]["resources"]
-    workers = workers or max(1, int((os.cpu_count() or 1) // res["cpus_per_trial"]))
+    workers = workers or default_workers(res["cpus_per_trial"])
     pending = [t for t in trials if trial_status(study_dir, t.id) != "done"]
     cfg0 = trials[0].config
     parent = Tracker(cfg0.tracking.uri, cfg0.tracking.experiment, run_id=plan["parent_run_id"])

@@ -263,7 +263,7 @@ def launch(args: Sequence[str], nproc: int, *, threads: int | None = None) -> in
         elastic_launch(config, entrypoint=sys.executable)(*args)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
-        if failure.exitcode in (1, 130):  # the rank printed its own error line (cli.friendly)
+        if failure.exitcode in (1, 2, 130):  # the rank said why: its error line (cli.friendly), gate FAIL (--strict)
             return failure.exitcode
         how = (f"was killed by {failure.signal_name()}" + (" (out of memory?)" if failure.signal_name() == "SIGKILL"
                                                             else "")

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import yaml
 
-from genscale.config import RunConfig
+from genscale.config import RunConfig, config_yaml
 from genscale.errors import GenscaleError, RankStopped
 from genscale.paths import atomic_write_bytes, read_json
 from genscale.tracking import Tracker
@@ -30,7 +29,7 @@ from genscale.train.checkpoint import (
     save_checkpoint,
 )
 from genscale.train.distributed import SINGLE, World, rank_rows
-from genscale.train.machinery import autocast_for, clock, count_flops, progress_bar
+from genscale.train.machinery import autocast_for, clock, count_flops, progress_bar, select_device
 
 
 class NonFiniteLossError(GenscaleError):
@@ -228,6 +227,22 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
     return counters
 
 
+def probe_step(cfg: RunConfig, data: Any) -> dict[str, Any]:
+    """One step of a new run of `cfg` on its configured device, its FLOPs counted as `fit` counts its first step,
+    then one more step timed (the counter slows the one it counts): {"flops", "step_seconds", "device"}. Writes
+    nothing and evaluates nothing (`genscale study run --dry-run`). Both steps run eager: a torch.compile'd run
+    (train.compile) steps faster after its compilation, which this does not time."""
+    from genscale.families import family_of
+
+    device = select_device(cfg.train.device)
+    recipe = family_of(cfg).recipe(cfg, data, device, resume=False, world=SINGLE)
+    autocast = autocast_for(device, cfg.train.precision)
+    _, flops = count_flops(lambda: recipe.step(0, autocast, eager=True))
+    started = clock(device)
+    recipe.step(1, autocast, eager=True)
+    return {"flops": flops, "step_seconds": clock(device) - started, "device": str(device)}
+
+
 def write_config(cfg: RunConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    (run_dir / "config.yaml").write_text(config_yaml(cfg))
