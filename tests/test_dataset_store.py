@@ -370,6 +370,20 @@ def test_phash64_is_bit_identical_to_imagehash(pool):
     np.testing.assert_array_equal(phash64(rgb), expected_rgb)
 
 
+@pytest.mark.parametrize("shape", [(28, 28), (32, 32), (17, 90), (120, 64)])
+def test_phash64_matches_imagehash_at_other_sizes_and_on_flat_images(pool, shape):
+    """The batched Lanczos resize is Pillow's integer arithmetic: up- and down-scaling, non-square, and the
+    already-32x32 case (no resize) hash as imagehash does; flat and striped images (median ties) too."""
+    h, w = shape
+    real = np.stack([np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
+                     for img in pool["x_train"][:12]])
+    flat = np.stack([np.full((h, w), v, np.uint8) for v in (0, 7, 255)]
+                    + [np.tile((np.arange(w) * 9 % 256).astype(np.uint8), (h, 1))])
+    gray = np.concatenate([real, flat])
+    expected = np.stack([imagehash.phash(Image.fromarray(img)).hash.ravel() for img in gray])
+    np.testing.assert_array_equal(phash64(gray[:, None]), expected)
+
+
 @pytest.mark.parametrize("max_distance", [0, 6, 24])
 @pytest.mark.parametrize("block", [2048, 37])
 def test_hamming_pairs_equal_brute_force(max_distance, block):

@@ -152,7 +152,9 @@ def data_info(name: Annotated[str, typer.Argument(help="fashion-mnist, shakespea
 @friendly
 def data_ingest(
         source: Annotated[str, typer.Argument(help="fashion-mnist, an image folder, .npz, IDX file, text file, "
-                                                   ".jsonl, or a folder of text files")],
+                                                   ".jsonl, a folder of text files, .parquet (or a folder of "
+                                                   "them), a `datasets` save_to_disk folder, or nanoGPT's "
+                                                   "train.bin (or its folder, with val.bin)")],
         name: Annotated[str, typer.Option(help="dataset name to store the version under")],
         kind: Annotated[str, typer.Option(help="auto, image or text")] = "auto",
         test: Annotated[str | None, typer.Option(help="a second source that becomes the test split")] = None,
@@ -162,6 +164,11 @@ def data_ingest(
         test_labels: Annotated[str | None, typer.Option(help="IDX --test source: its labels file (with --labels)")
                                ] = None,
         field: Annotated[str, typer.Option(help="JSONL: the field holding each document")] = "text",
+        column: Annotated[str | None, typer.Option(help="Parquet / datasets: the image or text column (default: "
+                                                        "the only one)")] = None,
+        split: Annotated[str, typer.Option(help="datasets DatasetDict folder: the split to read")] = "train",
+        tokenizer: Annotated[str | None, typer.Option(help="nanoGPT .bin: the tokenizer.json of its token ids")
+                             ] = None,
         channels: Annotated[int, typer.Option(help="images: 1 grayscale (Pillow 'L'), 3 RGB")] = 1,
         image_size: Annotated[int | None, typer.Option(help="images: target square side (default: the most "
                                                             "common size)")] = None,
@@ -183,7 +190,8 @@ def data_ingest(
                          max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     version, rejected = ingest(source, name, IngestOptions(
         kind=kind, policy=policy, labels=labels, test_labels=test_labels, field=field,  # type: ignore[arg-type]
-        test=test, test_fraction=test_fraction, split_seed=split_seed))
+        test=test, test_fraction=test_fraction, split_seed=split_seed, column=column, table_split=split,
+        tokenizer=tokenizer))
     m = version.meta
     out.print(f"{name} -> version {version.id}: {m['records']:,} {m['kind']} records "
               f"(train {m['splits']['train']:,}, test {m['splits']['test']:,})"

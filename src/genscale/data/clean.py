@@ -20,9 +20,11 @@ A clean that would leave no train record is an error (with the removals counted 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -62,23 +64,113 @@ class Removal:
     leak: bool = False  # the partner is a test record
 
 
+_PIL_PRECISION_BITS = 22  # Pillow's fixed-point resampling: 32 - 8 - 2 bits (libImaging/Resample.c)
+_PHASH_CHUNK_PIXELS = 1 << 21  # pixels per chunk of images: float64 intermediates of ~16 MB stay in cache
+
+
+def _lanczos(x: float) -> float:
+    """Pillow's Lanczos-3 kernel: sinc(x) sinc(x / 3) on [-3, 3), with the C library's sin (math.sin)."""
+    if not -3.0 <= x < 3.0:
+        return 0.0
+    sinc = [1.0 if v == 0.0 else math.sin(v * math.pi) / (v * math.pi) for v in (x, x / 3)]
+    return sinc[0] * sinc[1]
+
+
+@functools.lru_cache(maxsize=16)
+def pil_lanczos_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) integer weights of Pillow's 8-bit Lanczos resize along one axis, as float64.
+
+    Pillow's precompute_coeffs + normalize_coeffs_8bpc written out: each output pixel's normalised kernel weights,
+    scaled by 2^22 and rounded half away from zero, so `pil_lanczos_resize` reproduces Image.resize bit for bit.
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    out = np.zeros((out_size, in_size), dtype=np.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
+        w = [_lanczos((x - center + 0.5) / filterscale) for x in range(lo, hi)]
+        total = sum(w)
+        w = [v / total if total != 0.0 else v for v in w]
+        one = 1 << _PIL_PRECISION_BITS
+        out[xx, lo:hi] = [int(-0.5 + v * one) if v < 0 else int(0.5 + v * one) for v in w]  # int(): toward zero
+    return out
+
+
+def _pil_round(acc: np.ndarray) -> np.ndarray:
+    """Pillow's clip8, in place: (sum + 2^21) >> 22, clipped to 0..255 (a floor, as the C shift of a signed sum)."""
+    acc += 1 << (_PIL_PRECISION_BITS - 1)
+    acc *= 1.0 / (1 << _PIL_PRECISION_BITS)  # a power of two: exact
+    np.floor(acc, out=acc)
+    return np.clip(acc, 0, 255, out=acc)
+
+
+def pil_lanczos_resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Batched `Image.resize(size, LANCZOS)` of "L" images (N, H, W) uint8 -> (N, h, w) float64 holding uint8 values.
+
+    Pillow's two passes, each skipped when that side keeps its size, in Pillow's order: horizontal first, except that
+    Pillow 13 (ImagingResampleInner, python-pillow/Pillow#9549) starts with the vertical pass when the height shrinks
+    by more than twice as many pixels as the width. Every product and sum is an integer below 2^53, so the float64
+    matrix products are exact."""
+    h, w = size
+    n, in_h, in_w = gray.shape
+    x = gray.astype(np.float64)
+
+    def horizontal(x: np.ndarray) -> np.ndarray:  # (N * H, W) @ (W, w): one matrix product for the whole batch
+        rows = x.shape[1]
+        return _pil_round(x.reshape(n * rows, in_w) @ pil_lanczos_matrix(in_w, w).T).reshape(n, rows, w)
+
+    def vertical(x: np.ndarray) -> np.ndarray:  # (h, H) @ (N, H, W'), broadcast over the batch
+        return _pil_round(pil_lanczos_matrix(in_h, h) @ x)
+
+    horizontal_first = not (_pil_height_first() and in_h - h > 0 and in_h - h > (in_w - w) * 2)
+    for axis in ("wh" if horizontal_first else "hw"):
+        if axis == "w" and w != in_w:
+            x = horizontal(x)
+        elif axis == "h" and h != in_h:
+            x = vertical(x)
+    return x
+
+
+@functools.cache
+def _pil_height_first() -> bool:
+    """Whether the installed Pillow resizes a much-shrunk height first: asked of it once, on a 20x80 image."""
+    probe = np.random.default_rng(0).integers(0, 256, (1, 80, 20), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(probe[0]).resize((16, 16), Image.Resampling.LANCZOS))
+    x = _pil_round(pil_lanczos_matrix(80, 16) @ probe.astype(np.float64))
+    return bool((_pil_round(x @ pil_lanczos_matrix(20, 16).T)[0] == expected).all())
+
+
+def pil_luma(rgb: np.ndarray) -> np.ndarray:
+    """Pillow's RGB -> "L" conversion of (N, 3, H, W) uint8: (R 19595 + G 38470 + B 7471 + 2^15) >> 16
+    (ITU-R 601-2 luma in 16-bit fixed point, libImaging/Convert.c)."""
+    r, g, b = (rgb[:, i].astype(np.int64) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
 def phash64(images: np.ndarray) -> np.ndarray:
     """pHash (Zauner 2010) of uint8 images (N, C, H, W) -> bool (N, 64), bit-identical to imagehash.phash.
 
     Each image is converted to grayscale ("L"), Lanczos-resized to 32x32, transformed by a 2-D DCT-II; the 8x8
-    lowest frequencies are compared with their median. Batched: one DCT for all images instead of one per image.
+    lowest frequencies are compared with their median. Batched with no per-image Pillow call: the luma conversion
+    and the resize are Pillow's integer arithmetic done as matrix products over a chunk of images, then one DCT.
     """
     n = len(images)
-    small = np.empty((n, 32, 32), dtype=np.float64)
+    out = np.empty((n, 64), dtype=bool)
+    chunk = max(1, _PHASH_CHUNK_PIXELS // max(1, int(np.prod(images.shape[2:]))))
     with progress(transient=True) as bar:
         task = bar.add_task("perceptual hashes", total=n)
-        for i, a in enumerate(images):
-            im = Image.fromarray(a[0]) if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0)).convert("L")
-            small[i] = np.asarray(im.resize((32, 32), Image.Resampling.LANCZOS))
-            if i % 4096 == 0:
-                bar.update(task, completed=i)
-    dct = scipy.fft.dct(scipy.fft.dct(small, axis=1), axis=2)[:, :8, :8].reshape(n, 64)
-    return dct > np.median(dct, axis=1, keepdims=True)
+        for start in range(0, n, chunk):
+            a = np.asarray(images[start:start + chunk])
+            gray = a[:, 0] if a.shape[1] == 1 else pil_luma(a)
+            small = pil_lanczos_resize(gray, (32, 32))
+            # the second transform only on the 8 rows kept: each row's DCT is computed alone, so the values (and the
+            # ties at the median of degenerate images) are those of imagehash's full 32x32 transform
+            dct = scipy.fft.dct(scipy.fft.dct(small, axis=1)[:, :8], axis=2)[:, :, :8].reshape(len(a), 64)
+            out[start:start + chunk] = dct > np.median(dct, axis=1, keepdims=True)
+            bar.update(task, advance=len(a))
+    return out
 
 
 def hamming_pairs(bits: np.ndarray, max_distance: int, block: int = 2048) -> np.ndarray:

@@ -3,13 +3,16 @@
 Sources: the built-in `fashion-mnist` (canonical train/test splits), an image folder (PNG, JPEG, BMP, WebP;
 nested; optional class sub-folders), a .npz (`x` uint8, optional `y`), an IDX file (gz or raw, labels with
 `labels=`, and `test_labels=` for an IDX `test=` source), a text file, a JSONL file (one document per line from
-`field`), or a folder of text/JSONL files.
+`field`), a folder of text/JSONL files, a Parquet file or folder or a `datasets` save_to_disk folder (one image or
+text `column`, see tables.py), or nanoGPT's train.bin / val.bin token ids with their `tokenizer` (see nanogpt.py:
+stored as they are beside the decoded documents, and trained on as they are; val.bin is the test split).
 Without `test=`, a seeded share of the records becomes the test split (class-balanced when labelled; text: at least
 one whole document); a text source of a single document is cut instead: its last `test_fraction` of characters,
 from a line start, is the test record (`contiguous_cut`). The rule used is recorded as the operation's `split`.
 Bad records (undecodable, truncated or empty files, decompression bombs, images of another size under the
-reject policy, non-UTF-8 or empty text, bad JSONL lines) are not ingested: each is listed with its reason in
-the version's `quarantine.jsonl` and counted in the summary. Source files are only read.
+reject policy, non-UTF-8 or empty text, bad JSONL lines, table rows without an image or text) are not ingested:
+each is listed with its reason in the version's `quarantine.jsonl` and counted in the summary. A token id beyond the
+tokenizer's vocabulary is an error instead: the whole file would be misread. Source files are only read.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import numpy as np
 from genscale.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
 from genscale.data.datasets import stratified_order
 from genscale.data.idx import read_idx
+from genscale.data.nanogpt import is_token_source, read_token_file, token_documents, token_file
 from genscale.data.sources import (
     IMAGE_SUFFIXES,
     ImagePolicy,
     Rejected,
     count_reasons,
+    decode_images,
     image_files,
     load_npz,
     read_image_folder,
@@ -43,7 +48,9 @@ from genscale.data.store import (
     version_folder,
     write_version,
 )
+from genscale.data.tables import is_table_source, read_table_rows
 from genscale.data.text import JSONL_SUFFIXES, TEXT_SUFFIXES
+from genscale.data.tokenizer import TextTokenizer
 from genscale.errors import GenscaleError
 from genscale.paths import atomic_write_bytes
 
@@ -59,6 +66,9 @@ class IngestOptions:
     test_fraction: float = 0.1  # without `test`: share of records held out as test (class-balanced; text: at
     #                             least one document; a single document: this share of its end, from a line start)
     split_seed: int = 0
+    column: str | None = None  # Parquet / `datasets` source: the image or text column (default: the only one)
+    table_split: str = "train"  # `datasets` DatasetDict folder: the split read
+    tokenizer: str | None = None  # nanoGPT .bin source: the tokenizer.json its token ids belong to
 
 
 @dataclass
@@ -69,12 +79,18 @@ class _Read:
     texts: list[str] | None = None
     classes: tuple[str, ...] = ()
     rejected: list[Rejected] | None = None
+    tokens: dict[str, np.ndarray] | None = None  # nanoGPT source: the token stream of each split, as stored
+    tokenizer: TextTokenizer | None = None  # ... and the tokenizer its ids belong to
 
 
 TEXT_SUFFIXES_ALL = TEXT_SUFFIXES + JSONL_SUFFIXES
 
 
-def _detect_kind(path: Path) -> str:
+def _detect_kind(path: Path, opts: IngestOptions) -> str:
+    if is_token_source(path):
+        return "text"
+    if is_table_source(path):
+        return read_table_rows(path, column=opts.column, split=opts.table_split).kind
     if path.is_dir():
         has_images = any(True for _ in image_files(path))
         has_text = any(p.is_file() and p.suffix.lower() in TEXT_SUFFIXES_ALL for p in path.rglob("*"))
@@ -131,6 +147,45 @@ def _read_text(path: Path, opts: IngestOptions, split: str) -> _Read:
     return _Read("text", records, texts=[d.text for d in docs], rejected=list(rejected))
 
 
+def _read_table(path: Path, opts: IngestOptions, split: str, kind: str) -> _Read:
+    """A Parquet / `datasets` column: rows that hold no value, or an image that does not decode, are quarantined."""
+    rows = read_table_rows(path, column=opts.column, kind=kind, split=opts.table_split)
+    rejected = [Rejected(src, p) for src, p in zip(rows.sources, rows.problems, strict=True) if p is not None]
+    good = [i for i, p in enumerate(rows.problems) if p is None]
+    if rows.kind == "text":
+        texts = [str(rows.values[i]) for i in good]
+        records = [Record(rows.sources[i], content_sha256(t.encode()), len(t.encode()), None, split)
+                   for i, t in zip(good, texts, strict=True)]
+        return _Read("text", records, texts=texts, rejected=rejected)
+    items = [(rows.sources[i], rows.values[i]) for i in good]
+    x, kept, bad = decode_images(items, opts.policy, description=f"decoding {path.name}")  # type: ignore[arg-type]
+    records = [Record(items[i][0], h, len(items[i][1]), None, split)  # type: ignore[arg-type]
+               for i, h in zip(kept, image_record_hashes(x), strict=True)]
+    row = {src: i for i, src in enumerate(rows.sources)}
+    return _Read("image", records, x, rejected=sorted(rejected + bad, key=lambda r: row[r.source]))
+
+
+def _read_tokens(path: Path, opts: IngestOptions, split: str) -> _Read:
+    """A nanoGPT token file: its records are the stretches between <|endoftext|> ids, decoded for cleaning and
+    showing; the stream itself is stored as it is, for training."""
+    if opts.tokenizer is None:
+        raise GenscaleError(f"{path}: nanoGPT token ids need the tokenizer they came from: give --tokenizer "
+                            "tokenizer.json (meta.pkl is not read: it is a pickle)")
+    tokenizer = TextTokenizer.load(Path(opts.tokenizer))
+    stream = read_token_file(token_file(path), tokenizer, tokenizer_path=opts.tokenizer)
+    return _token_read(stream, tokenizer, str(token_file(path)), split)
+
+
+def _token_read(stream: np.ndarray, tokenizer: TextTokenizer, source: str, split: str, offset: int = 0) -> _Read:
+    records, texts = [], []
+    for start, end in token_documents(stream, tokenizer.eot_id):
+        part = stream[start:end]
+        records.append(Record(f"{source}#tokens {offset + start}-{offset + end - 1}", content_sha256(part),
+                              part.nbytes, None, split))
+        texts.append(tokenizer.decode(part))
+    return _Read("text", records, texts=texts, rejected=[], tokens={split: stream}, tokenizer=tokenizer)
+
+
 def _read_builtin() -> _Read:
     a = load_fashion_mnist()
     x = np.concatenate([a["x_train"], a["x_test"]])[:, None]
@@ -149,14 +204,19 @@ def _labels_option(opts: IngestOptions, split: str) -> tuple[str, str | None]:
 
 def _read(source: str, opts: IngestOptions, split: str) -> _Read:
     path = Path(source)
-    kind = opts.kind if opts.kind != "auto" else _detect_kind(path) if path.exists() else None
+    kind = opts.kind if opts.kind != "auto" else _detect_kind(path, opts) if path.exists() else None
     if kind is None:
         raise GenscaleError(f"{source}: no such file or folder (built-in sources: fashion-mnist)")
     flag, labels_file = _labels_option(opts, split)
     if labels_file and (kind != "image" or path.is_dir() or path.suffix.lower() == ".npz"):
         raise GenscaleError(f"{flag} {labels_file}: a labels file goes with an IDX image source, and {source} is "
                             "not one (folders label by class sub-folder, .npz files by their 'y' array)")
-    read = _read_images(path, opts, split) if kind == "image" else _read_text(path, opts, split)
+    if is_token_source(path):
+        read = _read_tokens(path, opts, split)
+    elif is_table_source(path):
+        read = _read_table(path, opts, split, kind)
+    else:
+        read = _read_images(path, opts, split) if kind == "image" else _read_text(path, opts, split)
     if not read.records:
         raise GenscaleError(f"{'' if split == 'train' else '--test '}{source}: no valid records"
                             + _rejected_summary(read.rejected or []))
@@ -176,6 +236,8 @@ def _rejected_summary(rejected: list[Rejected], shown: int = 3) -> str:
 
 def _assign_test(read: _Read, opts: IngestOptions) -> str:
     """Mark the test records (without a `test` source); returns the split rule used, one line."""
+    if read.tokens is not None:
+        return _cut_token_stream(read, opts)
     n = len(read.records)
     if read.kind == "text" and n == 1:  # no whole document to spare: cut the one there is
         return _cut_single_document(read, opts)
@@ -206,6 +268,21 @@ def _cut_single_document(read: _Read, opts: IngestOptions) -> str:
     return cut.describe()
 
 
+def _cut_token_stream(read: _Read, opts: IngestOptions) -> str:
+    """A token stream without a val.bin: its last test_fraction of tokens is the test split, contiguous."""
+    stream, (source, _) = read.tokens["train"], read.records[0].source.rsplit("#", 1)  # type: ignore[index]
+    n_test = round(len(stream) * opts.test_fraction)
+    if n_test < 1 or len(stream) - n_test < 1:
+        raise GenscaleError(f"--test-fraction {opts.test_fraction}: {len(stream)} tokens are too few to hold out a "
+                            "test split; give --test val.bin")
+    cut = len(stream) - n_test
+    train = _token_read(stream[:cut], read.tokenizer, source, "train")  # type: ignore[arg-type]
+    test = _token_read(stream[cut:], read.tokenizer, source, "test", offset=cut)  # type: ignore[arg-type]
+    read.records, read.texts = train.records + test.records, (train.texts or []) + (test.texts or [])
+    read.tokens = {"train": stream[:cut], "test": stream[cut:]}
+    return f"token stream: the last {n_test:,} of {len(stream):,} tokens held out as test, contiguous"
+
+
 def _check_labels_agree(source: str, read: _Read, test: _Read, opts: IngestOptions) -> None:
     train_labelled, test_labelled = read.records[0].label is not None, test.records[0].label is not None
     if train_labelled != test_labelled:
@@ -219,6 +296,8 @@ def ingest(source: str, name: str, opts: IngestOptions = IngestOptions()) -> tup
     check_name(name)
     if opts.test_labels and not opts.test:
         raise GenscaleError(f"--test-labels {opts.test_labels}: labels the images of a --test source; give --test")
+    if opts.test is None and is_token_source(Path(source)) and (Path(source) / "val.bin").is_file():
+        opts = replace(opts, test=str(Path(source) / "val.bin"))  # nanoGPT's folder: val.bin is the held-out split
     if source == "fashion-mnist":
         read = _read_builtin()
         split = "fashion-mnist's canonical train/test split"
@@ -239,6 +318,10 @@ def ingest(source: str, name: str, opts: IngestOptions = IngestOptions()) -> tup
                 read.images = np.concatenate([read.images, test.images])
             if read.texts is not None and test.texts is not None:
                 read.texts += test.texts
+            if (read.tokens is None) != (test.tokens is None):
+                raise GenscaleError(f"--test {opts.test}: a token file and a text source do not make one dataset")
+            if read.tokens is not None and test.tokens is not None:
+                read.tokens = {"train": read.tokens["train"], "test": test.tokens["test"]}
             split = f"test = the --test source ({len(test.records)} records)"
         else:
             split = _assign_test(read, opts)
@@ -248,11 +331,13 @@ def ingest(source: str, name: str, opts: IngestOptions = IngestOptions()) -> tup
         "source": source, "test": opts.test, "labels": opts.labels, "test_labels": opts.test_labels,
         "kind": read.kind, "policy": asdict(opts.policy), "field": opts.field if read.kind == "text" else None,
         "test_fraction": None if opts.test else opts.test_fraction, "split_seed": opts.split_seed, "split": split,
+        "column": opts.column, "table_split": opts.table_split, "tokenizer": opts.tokenizer,
         "quarantined": len(rejected),
         "quarantined_by_reason": counts}}
     quarantine = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rejected).encode()
     version = write_version(kind=read.kind, records=read.records, images=read.images, texts=read.texts,
-                            classes=read.classes, operation=operation)
+                            classes=read.classes, operation=operation,
+                            tokens=(read.tokenizer, read.tokens) if read.tokens is not None else None)
     # the same content can come from several sources: the report is the latest ingest's (rewritten every time)
     atomic_write_bytes(version_folder(version.id) / "quarantine.jsonl", quarantine)
     set_name(name, version.id)

@@ -21,6 +21,7 @@ resizes with Pillow's Lanczos filter.
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import warnings
 from collections import Counter
@@ -106,12 +107,13 @@ def _own_pixel_cap() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def _decode(path: Path, channels: int, max_pixels: int) -> np.ndarray:
-    if path.stat().st_size == 0:
-        raise _Reject("empty file (0 bytes)")
+def _decode(src: Path | bytes, channels: int, max_pixels: int) -> np.ndarray:
+    """One image from a file or from its encoded bytes (a Parquet / Arrow cell); _Reject with the reason if bad."""
+    if (src.stat().st_size if isinstance(src, Path) else len(src)) == 0:
+        raise _Reject("empty file (0 bytes)" if isinstance(src, Path) else "empty image (0 bytes)")
     try:
         with warnings.catch_warnings(), _own_pixel_cap():
-            with Image.open(path) as im:
+            with Image.open(src if isinstance(src, Path) else io.BytesIO(src)) as im:
                 w, h = im.size  # header only: nothing is decoded yet
                 if w * h > max_pixels:
                     raise _Reject(f"decompression bomb: {w}x{h} = {w * h:,} pixels exceeds max_pixels {max_pixels:,}")
@@ -157,39 +159,53 @@ def read_image_folder(root: str | Path, policy: ImagePolicy = ImagePolicy()) -> 
     class_names = tuple(sorted({f.relative_to(root).parts[0] for f in files if f.parent != root}))
     if class_names and any(f.parent == root for f in files):
         raise GenscaleError(f"{root}: mixes images at the top level with class sub-folders")
-    decoded: list[tuple[Path, np.ndarray]] = []
+    x, kept, rejected = decode_images([(str(f), f) for f in files], policy, description=f"reading {root.name}")
+    if not kept:
+        return FolderImages(x, None, class_names, [], [], rejected)
+    index = {c: i for i, c in enumerate(class_names)}
+    y = (np.array([index[files[i].relative_to(root).parts[0]] for i in kept], dtype=np.int64)
+         if class_names else None)
+    return FolderImages(x, y, class_names, [str(files[i]) for i in kept], [files[i].stat().st_size for i in kept],
+                        rejected)
+
+
+def decode_images(items: list[tuple[str, Path | bytes]], policy: ImagePolicy, *, description: str
+                  ) -> tuple[np.ndarray, list[int], list[Rejected]]:
+    """Decode (source, file or encoded bytes) items and apply the size policy, never stopping at a bad one.
+
+    Returns the kept images (N, C, H, W) uint8, the index in `items` of each, and the rejected items with their
+    reasons (sorted by source). The target size is policy.image_size, else the most common decoded size.
+    """
+    decoded: list[tuple[int, np.ndarray]] = []
     rejected: list[Rejected] = []
     with progress(transient=True) as bar:
-        task = bar.add_task(f"reading {root.name}", total=len(files))
-        for f in files:
+        task = bar.add_task(description, total=len(items))
+        for i, (source, src) in enumerate(items):
             try:
-                decoded.append((f, _decode(f, policy.channels, policy.max_pixels)))
+                decoded.append((i, _decode(src, policy.channels, policy.max_pixels)))
             except _Reject as e:
-                rejected.append(Rejected(str(f), str(e)))
+                rejected.append(Rejected(source, str(e)))
             bar.update(task, advance=1)
     if policy.image_size is not None:
         target = (policy.image_size, policy.image_size)
     else:
         target = Counter(img.shape[:2] for _, img in decoded).most_common(1)[0][0] if decoded else (0, 0)
-    kept: list[tuple[Path, np.ndarray]] = []
-    for f, img in decoded:
+    kept: list[tuple[int, np.ndarray]] = []
+    for i, img in decoded:
         if img.shape[:2] == target:
-            kept.append((f, img))
+            kept.append((i, img))
         elif policy.size_policy == "resize":
-            kept.append((f, _fit_size(img, target)))
+            kept.append((i, _fit_size(img, target)))
         else:
-            rejected.append(Rejected(str(f), f"wrong size: {img.shape[1]}x{img.shape[0]}, not the target "
-                                              f"{target[1]}x{target[0]} (size policy reject; set image_size or "
-                                              "use the resize policy)"))
+            rejected.append(Rejected(items[i][0], f"wrong size: {img.shape[1]}x{img.shape[0]}, not the target "
+                                                  f"{target[1]}x{target[0]} (size policy reject; set image_size or "
+                                                  "use the resize policy)"))
     rejected.sort(key=lambda r: r.source)
     if not kept:
-        return FolderImages(np.zeros((0, policy.channels, *target), np.uint8), None, class_names, [], [], rejected)
+        return np.zeros((0, policy.channels, *target), np.uint8), [], rejected
     x = np.stack([img for _, img in kept])
     x = x[:, None] if policy.channels == 1 else x.transpose(0, 3, 1, 2)
-    index = {c: i for i, c in enumerate(class_names)}
-    y = np.array([index[f.relative_to(root).parts[0]] for f, _ in kept], dtype=np.int64) if class_names else None
-    return FolderImages(np.ascontiguousarray(x), y, class_names, [str(f) for f, _ in kept],
-                        [f.stat().st_size for f, _ in kept], rejected)
+    return np.ascontiguousarray(x), [i for i, _ in kept], rejected
 
 
 def load_imagefolder(root: str | Path, *, channels: int = 1, image_size: int | None = None

@@ -76,8 +76,12 @@ def image_record_hashes(x: np.ndarray) -> list[str]:
     return [hashlib.sha256(a.tobytes()).hexdigest() for a in np.ascontiguousarray(x)]
 
 
-def version_id(kind: str, shape: tuple[int, ...] | None, records: list[Record]) -> str:
-    h = hashlib.sha256(json.dumps({"kind": kind, "shape": list(shape) if shape else None}).encode())
+def version_id(kind: str, shape: tuple[int, ...] | None, records: list[Record], tokens: str | None = None) -> str:
+    """`tokens`: a digest of a token version's tokenizer and streams (absent from other versions' ids)."""
+    head: dict[str, Any] = {"kind": kind, "shape": list(shape) if shape else None}
+    if tokens is not None:
+        head["tokens"] = tokens
+    h = hashlib.sha256(json.dumps(head).encode())
     for r in records:
         h.update(f"{r.sha256}\t{r.label}\t{r.split}\n".encode())
     return h.hexdigest()[:16]
@@ -95,6 +99,12 @@ def _put_object(data: bytes, suffix: str) -> str:
     return path.name
 
 
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
 def _check_records(records: list[Record], n: int) -> None:
     if len(records) != n:
         raise ValueError(f"{len(records)} records for {n} items")
@@ -105,8 +115,12 @@ def _check_records(records: list[Record], n: int) -> None:
 
 def write_version(*, kind: str, records: list[Record], images: np.ndarray | None = None,
                   texts: list[str] | None = None, classes: tuple[str, ...] = (), parent: str | None = None,
-                  operation: dict[str, Any], eval_basis: str | None = None) -> Version:
-    """Store a version (shards, manifest) and return it; an existing id is reused, not rewritten."""
+                  operation: dict[str, Any], eval_basis: str | None = None,
+                  tokens: tuple[Any, dict[str, np.ndarray]] | None = None) -> Version:
+    """Store a version (shards, manifest) and return it; an existing id is reused, not rewritten.
+
+    `tokens` (text only): (TextTokenizer, {"train": ids, "test": ids}), token streams stored as they are, beside the
+    decoded documents, so training uses those ids instead of tokenizing the documents again (nanoGPT's .bin)."""
     if kind == "image":
         assert images is not None and images.dtype == np.uint8 and images.ndim == 4
         _check_records(records, len(images))
@@ -115,25 +129,34 @@ def write_version(*, kind: str, records: list[Record], images: np.ndarray | None
         assert texts is not None
         _check_records(records, len(texts))
         shape = None
-    vid = version_id(kind, shape, records)
+    token_digest = None
+    if tokens is not None:
+        tokenizer, streams = tokens
+        token_digest = hashlib.sha256(
+            tokenizer.sha256.encode() + b"".join(content_sha256(streams[s]).encode() for s in SPLITS)).hexdigest()
+    vid = version_id(kind, shape, records, token_digest)
     folder = _versions() / vid
     if (folder / "version.json").exists():
         return load_version(vid)
     shards = []
     for start in range(0, len(records), SHARD_RECORDS):
         if kind == "image":
-            buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(images[start:start + SHARD_RECORDS]), allow_pickle=False)
-            shards.append(_put_object(buf.getvalue(), ".npy"))
+            shards.append(_put_object(_npy_bytes(images[start:start + SHARD_RECORDS]), ".npy"))
         else:
             lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts[start:start + SHARD_RECORDS])
             shards.append(_put_object(lines.encode(), ".jsonl"))
     labels = [r.label for r in records if r.label is not None]
+    token_meta = None
+    if tokens is not None:
+        token_meta = {"tokenizer": _put_object(tokenizer.to_json().encode("utf-8"), ".json"),
+                      "dtype": streams["train"].dtype.str,
+                      **{s: _put_object(_npy_bytes(streams[s]), ".npy") for s in SPLITS},
+                      **{f"{s}_tokens": len(streams[s]) for s in SPLITS}}
     meta = {"id": vid, "kind": kind, "shape": list(shape) if shape else None, "records": len(records),
             "splits": {s: sum(r.split == s for r in records) for s in SPLITS},
             "classes": list(classes) or ([str(c) for c in range(max(labels) + 1)] if labels else []),
             "shards": shards, "parent": parent, "eval_basis": eval_basis or vid, "operation": operation,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"tokens": token_meta} if token_meta else {})}
     manifest = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records)
     atomic_write_bytes(folder / "manifest.jsonl", manifest.encode())
     atomic_write_bytes(folder / "version.json", json.dumps(meta, indent=1).encode())  # last: marks it complete
@@ -209,6 +232,18 @@ def load_texts(version: Version) -> list[str]:
         raise GenscaleError(f"dataset {version.id}: holds {version.kind}, not text")
     return [json.loads(line) for s in version.meta["shards"]
             for line in _shard_path(s).read_text(encoding="utf-8").splitlines()]
+
+
+def load_tokens(version: Version) -> tuple[Any, np.ndarray, np.ndarray] | None:
+    """(TextTokenizer, train ids, test ids) of a version stored with token streams, else None."""
+    meta = version.meta.get("tokens")
+    if meta is None:
+        return None
+    from genscale.data.tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer.load(_shard_path(meta["tokenizer"]))
+    train, test = (np.load(_shard_path(meta[s]), mmap_mode="r", allow_pickle=False) for s in SPLITS)
+    return tokenizer, train, test
 
 
 def version_folder(vid: str) -> Path:

@@ -93,6 +93,8 @@ class Documents(NamedTuple):
     train: list[str]  # in seeded order
     held: list[str]  # in document order
     split: str  # the rule used, one line (TextData.split)
+    tokens: tuple[TextTokenizer, np.ndarray, np.ndarray] | None = None  # a stored token version: (tokenizer,
+    #                                                                     train ids, held-out ids) as ingested
 
 
 def _split_named(source: str, docs: list[tuple[str, str]], cfg: DataConfig) -> Documents:
@@ -131,7 +133,8 @@ def load_documents(cfg: DataConfig) -> Documents:
       ingest` quarantines them instead); the same seeded document split, or, for a single document, its
       contiguous cut: the last val_fraction of its characters, from a line start, is held out.
     - dataset: a stored text version (its cleaned version with data.clean); held-out = its "test" split, as fixed at
-      ingest; train = its "train" split in seeded order.
+      ingest; train = its "train" split in seeded order. A version ingested from nanoGPT .bin files also brings its
+      token streams and tokenizer (`Documents.tokens`), which load_text_data trains on as they are.
     Documents are not deduplicated here: that is what `genscale data clean` is for.
     """
     if cfg.source in BUILTIN_TEXT_CORPORA:
@@ -150,7 +153,7 @@ def load_documents(cfg: DataConfig) -> Documents:
         docs = [(_relative_source(r.source, root), r.text) for r in records]
         return _split_named(cfg.path, docs, cfg)
     if cfg.source == "dataset":
-        from genscale.data.store import load_texts, load_version
+        from genscale.data.store import load_texts, load_tokens, load_version
 
         stored = load_version(cfg.dataset or "")
         if stored.kind != "text":
@@ -171,7 +174,7 @@ def load_documents(cfg: DataConfig) -> Documents:
         split = (f"stored splits: {len(train_idx)} train, {len(held_idx)} test documents (fixed at ingest"
                  + (f": {ingested})" if ingested else ")"))
         return Documents(cfg.dataset or stored.id, stored.id, [texts[i] for i in train_idx],
-                         [texts[i] for i in held_idx], split)
+                         [texts[i] for i in held_idx], split, load_tokens(stored))
     raise GenscaleError(f"data.source: '{cfg.source}' is not a text source (choose {', '.join(BUILTIN_TEXT_CORPORA)}, "
                         "text, or dataset with a stored text dataset)")
 
@@ -242,8 +245,11 @@ def _build(folder: Path, docs: Documents, cfg: DataConfig, tokenizer: TextTokeni
         with console.status(f"training a {cfg.tokenizer} tokenizer (vocab {cfg.vocab_size}) on "
                             f"{len(train_docs)} documents"):
             tokenizer = train_tokenizer(cfg.tokenizer, train_docs, vocab_size=cfg.vocab_size)
-    train = encode_documents(tokenizer, train_docs, description="tokenizing train")
-    val = encode_documents(tokenizer, held_docs, description="tokenizing held-out")
+    if docs.tokens is not None and docs.tokens[0].sha256 == tokenizer.sha256:  # ingested token ids, as they are
+        train, val = np.asarray(docs.tokens[1]), np.asarray(docs.tokens[2])
+    else:
+        train = encode_documents(tokenizer, train_docs, description="tokenizing train")
+        val = encode_documents(tokenizer, held_docs, description="tokenizing held-out")
     tokenizer.save(folder / "tokenizer.json")
     atomic_write_bytes(folder / "train.bin", train.tobytes())
     atomic_write_bytes(folder / "val.bin", val.tobytes())
@@ -260,10 +266,14 @@ def load_text_data(cfg: DataConfig, *, tokenizer: TextTokenizer | None = None) -
     """Documents -> tokenizer -> train.bin / val.bin, cached; memmaps of both.
 
     The tokenizer is trained on the train documents only with data.tokenizer / data.vocab_size, unless one is given
-    (fine-tuning reuses its parent's as it is). A second call with the same settings loads the cached files without
-    training or encoding again; a damaged cache folder is rebuilt.
+    (fine-tuning reuses its parent's as it is) or the stored dataset holds ingested token ids (nanoGPT's train.bin /
+    val.bin), whose tokenizer and streams are used as they are (train.bin's order: a prefix is the nested subset).
+    A second call with the same settings loads the cached files without training or encoding again; a damaged cache
+    folder is rebuilt.
     """
     docs = load_documents(cfg)
+    if docs.tokens is not None and tokenizer is None:
+        tokenizer = docs.tokens[0]  # the ids were ingested with it: train on them, not on a new tokenizer
     folder = cache_dir() / "tokens" / _cache_key(docs.version, docs.split, cfg, tokenizer)
     try:
         tok, train_full, val = _load_cached(folder, tokenizer)
