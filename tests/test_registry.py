@@ -67,7 +67,10 @@ def test_a_version_is_read_back_from_its_tags(trained):
     fid = records["fid_fmnist"]["value"]
     assert v.gate == {"verdict": "PASS", "reasons": [f"fid_fmnist = {fid:.4g} meets <= 1e+06"]}
     assert v.config == (passed / "config.yaml").read_text()
-    assert v.source == f"runs:/{v.run_id}/checkpoint"
+    assert v.source == f"runs:/{v.run_id}/export-torch/step_0000002"  # the export, not the training checkpoint
+    logged = {f.path for f in MlflowClient(tracking_uri()).list_artifacts(v.run_id, "export-torch/step_0000002")}
+    assert {f"export-torch/step_0000002/{f}" for f in ("generator.pt2", "generator.safetensors", "export.json",
+                                                      "README.md")} <= logged
     tags = MlflowClient(tracking_uri()).get_model_version("tiny-gan", "1").tags  # what it was read from
     assert tags["family"] == "gan" and tags["metric.fid_fmnist"] == repr(records["fid_fmnist"]["value"])
     assert tags["metric.fid_fmnist.extractor"].startswith("fmnist-classifier:")

@@ -493,6 +493,20 @@ def sample(run: Annotated[str, typer.Argument(help="run id, unique prefix, or fo
 
 @app.command()
 @friendly
+def export(run: Annotated[str, typer.Argument(help="run id, unique prefix, folder, or latest")],
+           fmt: Annotated[str, typer.Option("--format", help="hf: a transformers GPT-2 folder (gpt runs); torch: a "
+                                                            "torch.export program with export.json (every run)")],
+           output: Annotated[Path | None, typer.Option("-o", "--output", help="a new or empty folder [default: "
+                                                       "<run folder>/export-<format>]")] = None):
+    """Export a run's newest checkpoint for use without genscale: transformers (gpt) or torch.export (the network
+    genscale samples with: GAN EMA generator, VAE decoder, diffusion UNet + its diffusers scheduler config)."""
+    from genscale.export import export_run
+
+    out.print(f"wrote {export_run(run, fmt=fmt, out=output)}", highlight=False)
+
+
+@app.command()
+@friendly
 def runs(limit: Annotated[int, typer.Option(help="rows to show", min=1)] = 20,
          experiment: Annotated[str, typer.Option(help="MLflow experiment")] = "genscale",
          filter_: Annotated[str, typer.Option("--filter", help="an MLflow search filter, e.g. \"tags.gate = 'PASS'\", "

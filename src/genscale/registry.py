@@ -7,9 +7,12 @@ data version, metrics and their extractor, the gate's verdict and reasons, the r
 version's own tags, so the registry answers it without the run's files (only a config too long for a tag is read
 from the run folder).
 
-The version's MLflow `source` is `runs:/<run id>/checkpoint`: the final checkpoint the run logged to the same store.
-Every MLflow server accepts that source (a tracking server refuses a local path outside the run's artifacts, so the
-run folder's file: URI would only work on a local store); the run folder itself is the `run_dir` tag.
+The version's MLflow `source` is `runs:/<run id>/export-<format>/step_<step>`: the run's export (export.py: a
+transformers GPT-2 folder for gpt runs, a torch.export program for image runs), logged to the run's artifacts when it
+is first registered at that step, so a version carries the model, not the training checkpoint with its optimizer
+state. Every MLflow server accepts that source (a tracking server refuses a local path outside the run's artifacts, so
+the run folder's file: URI would only work on a local store); the run folder itself is the `run_dir` tag, which
+`genscale serve` loads the sampler from.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class ModelVersion:
     metrics: dict[str, dict]  # metric -> {"value": float, "extractor": str | None}
     gate: dict  # {"verdict": "PASS", "reasons": [...]}
     config: str | None  # the run's resolved config.yaml; None if too long for a tag and its run folder lost it
-    source: str  # MLflow's source of the version: runs:/<run id>/checkpoint
+    source: str  # MLflow's source of the version: runs:/<run id>/export-<format>/step_<step>
     created: str  # ISO 8601, UTC
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,6 +107,7 @@ def register_run(run_dir: Path, cfg: RunConfig, name: str, *, alias: str | None 
     Refused, with a GenscaleError each: a bad name or alias, a run not evaluated (no gate.json), one whose gate
     failed, one without a checkpoint, one the store does not hold (or that logged no final checkpoint to it), a run
     of another kind than the model's earlier versions (images vs text)."""
+    from genscale.export import registry_export
     from genscale.families import FAMILIES
     from genscale.pipeline import tracked_run_id
     from genscale.train.checkpoint import latest_step
@@ -122,8 +126,7 @@ def register_run(run_dir: Path, cfg: RunConfig, name: str, *, alias: str | None 
     kind = FAMILIES[cfg.model.family].data_kind
     run_id, uri = tracked_run_id(run_dir), tracking_uri(uri)
     client = open_client(uri)
-    source = f"runs:/{run_id}/checkpoint"
-    _check_tracked(client, run_id, shown, uri, source)
+    _check_tracked(client, run_id, shown, uri)
     if not cfg.gate.thresholds:
         console.print(f"note: run {shown}'s gate has no thresholds: it passes vacuously", highlight=False)
     config = (run_dir / "config.yaml").read_text(encoding="utf-8")
@@ -149,6 +152,7 @@ def register_run(run_dir: Path, cfg: RunConfig, name: str, *, alias: str | None 
         if model.tags.get("kind", kind) != kind:
             raise GenscaleError(f"model {name} holds {model.tags['kind']} models; run {shown} is a "
                                 f"{cfg.model.family} run, of kind {kind}: register it under another name")
+        source = registry_export(client, run_id, run_dir, cfg, step)
         created = client.create_model_version(name, source=source, run_id=run_id, tags=tags)  # one call, every tag
         if alias is not None:
             client.set_registered_model_alias(name, alias, str(created.version))
@@ -249,8 +253,8 @@ def _metric_records(run_dir: Path) -> dict[str, dict]:
     return {k: r for k, r in sorted(stored.items()) if isinstance(r, dict) and "n_gen" in r and "value" in r}
 
 
-def _check_tracked(client: Any, run_id: str, shown: str, uri: str, source: str) -> None:
-    """The store holds the run, and the final checkpoint it logged (the version's source)."""
+def _check_tracked(client: Any, run_id: str, shown: str, uri: str) -> None:
+    """The store holds the run, and the final checkpoint it logged (its training finished)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -261,7 +265,8 @@ def _check_tracked(client: Any, run_id: str, shown: str, uri: str, source: str) 
         raise GenscaleError(f"run {shown} (MLflow run {run_id}) is not in the tracking store {uri} (set "
                             "MLFLOW_TRACKING_URI to the store that holds it)") from None
     if not client.list_artifacts(run_id, "checkpoint"):
-        raise GenscaleError(f"run {shown} logged no final checkpoint to the tracking store ({source}): its training "
+        raise GenscaleError(f"run {shown} logged no final checkpoint to the tracking store (runs:/{run_id}/"
+                            "checkpoint): its training "
                             f"did not finish; genscale train --resume {shown}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from genscale.families.image import ImageEvalConfig, ImageFamily
+from genscale.families.image import ImageEvalConfig, ImageFamily, NetworkExport
 from genscale.sections import Doc, Float, Int, ModelBase, TrainBase
 
 if TYPE_CHECKING:
@@ -101,6 +101,75 @@ def sampler_from_checkpoint(cfg: RunConfig, tensors: dict[str, torch.Tensor], si
     return DdpmSampler(unet.to(device).eval(), image_shape, cfg, device)
 
 
+DDPM_SAMPLE_CODE = """\
+def sample(program, n, seed, folder):
+    import torch
+    from diffusers import {scheduler_class}
+
+    scheduler = {scheduler_class}.from_pretrained(folder, subfolder="scheduler")
+    g = torch.Generator().manual_seed(seed)  # one CPU generator for x_T and every step's noise
+    out = []
+    for i in range(0, n, {batch}):  # {batch} images at a time, as genscale samples them
+        b = min({batch}, n - i)
+        scheduler.set_timesteps({steps})
+        x = torch.randn((b, {shape}), generator=g)  # x_T ~ N(0, I)
+{labels}        for t in scheduler.timesteps:
+            tt = t.expand(b)
+            # 1. predict noise
+{predict}            # 2. compute the previous sample
+            x = scheduler.step(eps, t, x, {step_options}generator=g).prev_sample
+        out.append(((x.clamp(-1, 1).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+"""
+
+
+def _guided_noise_code(num_classes: int | None, guidance: float) -> tuple[str, str]:
+    """(the labels line, the noise-prediction lines) of DDPM_SAMPLE_CODE, as models/diffusion.py predict_noise
+    computes ε for these settings: classes in turn, then conditional, unconditional or guided."""
+    pad = " " * 12
+    if num_classes is None:
+        return "", f"{pad}eps = program(x, tt)\n"
+    labels = f"        labels = torch.arange(i, i + b) % {num_classes}  # the classes in turn\n"
+    null = f"torch.full((b,), {num_classes})"  # the null label: "no class"
+    if guidance == 0:
+        return labels, f"{pad}eps = program(x, tt, {null})\n"
+    if guidance == 1:
+        return labels, f"{pad}eps = program(x, tt, labels)\n"
+    return labels, (f"{pad}e_cond, e_uncond = program(torch.cat([x, x]), torch.cat([tt, tt]), "
+                    f"torch.cat([labels, {null}])).chunk(2)\n"
+                    f"{pad}eps = e_uncond + {guidance!r} * (e_cond - e_uncond)  # classifier-free guidance\n")
+
+
+def network_export(cfg: RunConfig, sampler: DdpmSampler) -> NetworkExport:
+    """The EMA UNet: (x_t, t[, y]) -> ε, with the diffusers scheduler config and the loop `genscale sample` runs."""
+    import torch
+
+    from genscale.models.diffusion import SAMPLE_BATCH
+
+    unet, e = sampler.unet.eval(), cfg.eval
+    scheduler = sampler.scheduler(None)
+    c, h, w = sampler.image_shape
+    inputs = {"x": (torch.zeros(2, c, h, w), f"float32 (batch, {c}, {h}, {w}): the noisy image x_t"),
+              "t": (torch.zeros(2, dtype=torch.long), f"int64 (batch,): timesteps in [0, {cfg.model.timesteps})")}
+    if unet.num_classes is not None:
+        inputs["y"] = (torch.zeros(2, dtype=torch.long), f"int64 (batch,): class labels in [0, {unet.num_classes}), "
+                                                         f"{unet.num_classes} = no class (the null label)")
+    labels, predict = _guided_noise_code(unet.num_classes, e.guidance)
+    step_options = f"eta={e.eta!r}, use_clipped_model_output=True, " if e.sampler == "ddim" else ""
+    code = DDPM_SAMPLE_CODE.format(scheduler_class=type(scheduler).__name__, batch=SAMPLE_BATCH,
+                                   steps=e.sampling_steps, shape=f"{c}, {h}, {w}", labels=labels, predict=predict,
+                                   step_options=step_options)
+    return NetworkExport(
+        name="unet", module=unet, inputs=inputs,
+        output=f"float32 (batch, {c}, {h}, {w}): the predicted noise ε (epsilon prediction)", sample_code=code,
+        notes=(f"the sampler is diffusers' {type(scheduler).__name__} in scheduler/ ({e.sampler}, "
+               f"{e.sampling_steps} steps, eta {e.eta}, guidance {e.guidance}); load it with "
+               f"{type(scheduler).__name__}.from_pretrained(folder, subfolder='scheduler')",
+               "no diffusers pipeline folder (model_index.json): the UNet is genscale's own class (models/unet.py), "
+               "not a diffusers UNet2DModel, so a pipeline cannot load it; the exported program is the network"),
+        write_extra=lambda folder: scheduler.save_config(str(folder / "scheduler")))
+
+
 def count_flops(cfg: RunConfig, image_shape: tuple[int, int, int]) -> int:
     """One training step's FLOPs; a step's labels do not change its cost, so a label-free stand-in dataset of the
     right shape is counted (conditioning adds only an embedding lookup)."""
@@ -120,4 +189,5 @@ FAMILY = ImageFamily(
     labels={"D": "unique training images", "N": "parameters N (UNet)", "unit": "images"},
     presets=presets, build_recipe=build_recipe, sampler_from_checkpoint=sampler_from_checkpoint,
     count_flops=count_flops, examples_per_step=lambda cfg: cfg.train.batch_size, check_config=check_sampling,
+    network_export=network_export,
     tune_space={"train.lr": {"type": "float", "low": 5e-5, "high": 1e-3, "log": True}})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from genscale.families.image import ImageEvalConfig, ImageFamily, check_one_pass
+from genscale.families.image import ImageEvalConfig, ImageFamily, NetworkExport, check_one_pass
 from genscale.sections import Doc, Float, Int, ModelBase, TrainBase
 
 if TYPE_CHECKING:
@@ -102,6 +102,34 @@ def sampler_from_checkpoint(cfg: RunConfig, tensors: dict[str, torch.Tensor], si
     return GanSampler(g.to(device).eval(), m.z_dim, device)
 
 
+GAN_SAMPLE_CODE = """\
+def sample(program, n, seed, folder):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)  # one CPU generator for all the noise
+    out = []
+    for i in range(0, n, {batch}):  # the latents are drawn {batch} rows at a time, as genscale draws them
+        z = torch.randn(min({batch}, n - i), {z_dim}, generator=g)  # (b, z_dim) ~ N(0, I)
+        x = program(z)  # (b, C, H, W) in [-1, 1]
+        out.append(((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+"""
+
+
+def network_export(cfg: RunConfig, sampler: GanSampler) -> NetworkExport:
+    """The EMA generator (what `genscale sample` draws from): z (B, z_dim) -> images in [-1, 1]."""
+    import torch
+
+    from genscale.metrics.evaluate import GENERATE_BATCH
+
+    return NetworkExport(
+        name="generator", module=sampler.g.eval(),
+        inputs={"z": (torch.zeros(2, sampler.z_dim), f"float32 (batch, {sampler.z_dim}): latents ~ N(0, I)")},
+        output="float32 (batch, C, H, W) in [-1, 1] (tanh); pixels = ((x + 1) * 127.5).round().clamp(0, 255)",
+        sample_code=GAN_SAMPLE_CODE.format(batch=GENERATE_BATCH, z_dim=sampler.z_dim),
+        notes=("the EMA generator's weights, as genscale sample and evaluation use; BatchNorm in eval mode",))
+
+
 def count_flops(cfg: RunConfig, image_shape: tuple[int, int, int]) -> int:
     from genscale.train.gan import gan_flops_per_step
 
@@ -113,5 +141,6 @@ FAMILY = ImageFamily(
     labels={"D": "unique training images", "N": "parameters N (generator + discriminator)", "unit": "images"},
     presets=presets, build_recipe=build_recipe, sampler_from_checkpoint=sampler_from_checkpoint,
     count_flops=count_flops, examples_per_step=lambda cfg: cfg.train.batch_size * cfg.train.d_steps,
+    network_export=network_export,
     tune_space={"train.lr_g": {"type": "float", "low": 5e-5, "high": 1e-3, "log": True},
                 "train.lr_d": {"type": "float", "low": 5e-5, "high": 1e-3, "log": True}})

@@ -28,6 +28,22 @@ SAMPLE_SEED = 1234  # fixed noise for sample grids, so grids of different runs a
 KEY_SAMPLING_SECONDS = "sampling_seconds_per_image"  # a fact stored with every evaluation, not a quality metric
 
 
+@dataclass(frozen=True)
+class NetworkExport:
+    """An image sampler's network as `genscale export --format torch` writes it (export.py): a module of tensors only,
+    and the Python that turns a seed into what `genscale sample` gives with it, so plain torch reproduces the run."""
+
+    name: str  # file stem: generator, decoder, unet
+    module: torch.nn.Module  # tensors in, tensors out; eval mode, on the CPU
+    inputs: dict[str, tuple[torch.Tensor, str]]  # argument -> (example, meaning); dim 0 of each is the batch
+    output: str  # shape, dtype and range of what the module returns
+    # source of `def sample(program, n, seed, folder)`: n uint8 (n, C, H, W) images, as `genscale sample --seed`
+    # gives on a CPU; `program` is torch.export.load(<name>.pt2).module(), `folder` the export's folder
+    sample_code: str
+    notes: tuple[str, ...] = ()  # what the export does not carry, or carries differently
+    write_extra: Callable[[Path], None] | None = None  # more files into the export folder (ddpm: its scheduler)
+
+
 class ClassifierConfig(Strict):
     epochs: Int = Doc(3, "fmnist-classifier: epochs over the labelled train split (~50 s each on 2 cores)", ge=1)
     train_size: Int | None = Doc(None, "labelled examples used (None: all); tests use few", ge=10)
@@ -88,6 +104,8 @@ class ImageFamily:
     check_config: Callable[[RunConfig], None] | None = None
     # what `genscale tune` searches without --space: {dotted key: distribution} (tune/space.py)
     tune_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the sampler's network for `genscale export --format torch`: (cfg, sampler) -> NetworkExport
+    network_export: Callable[[RunConfig, Any], NetworkExport] | None = None
     data_kind: Literal["image"] = "image"
 
     def load_data(self, cfg: RunConfig, run_dir: Path | None) -> DataSplits:

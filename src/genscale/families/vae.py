@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Literal
 
-from genscale.families.image import ImageEvalConfig, ImageFamily
+from genscale.families.image import ImageEvalConfig, ImageFamily, NetworkExport
 from genscale.sections import Doc, Float, Int, ModelBase, TrainBase
 
 if TYPE_CHECKING:
@@ -135,6 +135,44 @@ def reconstructions(splits: DataSplits, sampler: VaeSampler) -> dict[str, torch.
     return {"reconstructions.png": torch.cat(rows)}
 
 
+VAE_SAMPLE_CODE = """\
+def sample(program, n, seed, folder):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)  # one CPU generator for all the noise
+    # decoded {batch} at a time, the latents drawn in the same chunks, as genscale draws them
+    return torch.cat([program(torch.randn(min({batch}, n - i), {latent_dim}, generator=g))  # z ~ N(0, I)
+                      for i in range(0, n, {batch})])
+"""
+
+
+def network_export(cfg: RunConfig, sampler: VaeSampler) -> NetworkExport:
+    """The decoder with the likelihood's mean image, as VaeSampler samples: z (B, latent_dim) -> uint8 images."""
+    import torch
+
+    from genscale.models.vae import SAMPLE_BATCH
+
+    vae = sampler.vae.eval()
+
+    class Decoded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.vae.mean_image(self.vae.decode(z))  # (B, C, H, W) uint8
+
+    mean = "sigmoid(logits) * 255" if cfg.model.likelihood == "bernoulli" else "(location + 1) * 127.5"
+    return NetworkExport(
+        name="decoder", module=Decoded().eval(),
+        inputs={"z": (torch.zeros(2, vae.latent_dim), f"float32 (batch, {vae.latent_dim}): latents ~ N(0, I), the "
+                                                       "prior")},
+        output=f"uint8 (batch, C, H, W) in [0, 255]: the {cfg.model.likelihood} likelihood's mean image ({mean}, "
+               "rounded)",
+        sample_code=VAE_SAMPLE_CODE.format(batch=SAMPLE_BATCH, latent_dim=vae.latent_dim),
+        notes=("the decoder only: the encoder (posterior q(z|x)) is not exported",))
+
+
 def count_flops(cfg: RunConfig, image_shape: tuple[int, int, int]) -> int:
     from genscale.train.vae import vae_flops_per_step
 
@@ -146,6 +184,6 @@ FAMILY = ImageFamily(
     labels={"D": "unique training images", "N": "parameters N (encoder + decoder)", "unit": "images"},
     presets=presets, build_recipe=build_recipe, sampler_from_checkpoint=sampler_from_checkpoint,
     count_flops=count_flops, examples_per_step=lambda cfg: cfg.train.batch_size,
-    model_metrics=likelihood_bounds, extra_grids=reconstructions,
+    model_metrics=likelihood_bounds, extra_grids=reconstructions, network_export=network_export,
     model_metric_names={KEY_NELBO: "lower", KEY_NELBO_BPD: "lower", KEY_IWAE: "lower", KEY_IWAE_BPD: "lower"},
     tune_space={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})

@@ -45,6 +45,7 @@ def _metrics_of(suffix: str, logits: bool) -> dict[str, str]:
 
 
 # Metric names each extractor produces, with their direction (the inception extractor has no class logits: no IS).
+GENERATE_BATCH = 500  # latents drawn and generated at a time by generate_images (the noise depends on it)
 EXTRACTOR_METRICS = {"fmnist-classifier": _metrics_of("_fmnist", logits=True), "inception": _metrics_of("", False)}
 
 
@@ -140,7 +141,7 @@ def evaluate_images(images: torch.Tensor, splits: DataSplits, extractor: Feature
 
 @torch.no_grad()
 def generate_images(g: torch.nn.Module, n: int, *, z_dim: int, seed: int, device: torch.device,
-                    batch_size: int = 500, z: torch.Tensor | None = None) -> torch.Tensor:
+                    batch_size: int = GENERATE_BATCH, z: torch.Tensor | None = None) -> torch.Tensor:
     """n samples as uint8 (N, C, H, W), quantised as a saved PNG would be; seeded, so repeatable. `z` (n, z_dim):
     these latents instead of the seed's."""
     g.eval()
