@@ -168,3 +168,43 @@ def test_lone_token_file_holds_out_its_end_and_splits_documents_at_eot(tmp_path,
     assert len(test) == n_test
     assert "".join(load_texts(version)) == "".join(tok.decode(d) for d in docs)  # EOTs only separate documents
     assert version.meta["splits"]["train"] + version.meta["splits"]["test"] in (10, 11)  # one document may be cut
+
+
+def _gpt2_layout_tokenizer(text: str, *, special: bool = True):
+    """A byte-level BPE laid out as GPT-2's tokenizer.json is (what nanoGPT's ids come from): trained without special
+    tokens, <|endoftext|> added after the merges, so its id is the last one (GPT-2: 50256)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    (hf.add_special_tokens if special else hf.add_tokens)(["<|endoftext|>"])
+    return hf
+
+
+def test_nanogpt_bin_of_a_gpt2_layout_tokenizer_splits_documents_at_its_own_eot_id(tmp_path, lines):
+    hf = _gpt2_layout_tokenizer("\n".join(lines))
+    eot = hf.token_to_id("<|endoftext|>")
+    assert eot == hf.get_vocab_size() - 1 and eot != 0
+    docs = [hf.encode(t).ids for t in lines[:6]]
+    stream = np.array([i for d in docs for i in (*d, eot)], dtype=np.uint16)
+    stream.tofile(tmp_path / "train.bin")
+    hf.save(str(tmp_path / "tokenizer.json"))
+    options = IngestOptions(tokenizer=str(tmp_path / "tokenizer.json"), test_fraction=0.01)
+    version, _ = ingest(str(tmp_path / "train.bin"), "gpt2ids", options)
+    tok, train, test = load_tokens(version)
+    assert tok.eot_id == eot
+    np.testing.assert_array_equal(np.concatenate([train, test]), stream)
+    assert load_texts(version)[:5] == lines[:5]  # split at id `eot`, not at id 0
+    assert tok.count_characters([eot]) == 1  # the EOT counts as the special token it is
+
+
+def test_a_bpe_tokenizer_whose_endoftext_is_not_special_is_refused(tmp_path, lines):
+    hf = _gpt2_layout_tokenizer("\n".join(lines), special=False)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    np.zeros(4, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    with pytest.raises(GenscaleError, match=r"tokenizer.json: damaged tokenizer \(<\|endoftext\|> is not one of its "
+                                            r"special tokens\)"):
+        ingest(str(tmp_path / "train.bin"), "x", IngestOptions(tokenizer=str(tmp_path / "tokenizer.json")))

@@ -107,14 +107,14 @@ def write_gpt_hf(sampler: Any, cfg: RunConfig, folder: Path) -> list[str]:
     """config.json, model.safetensors, tokenizer.json, tokenizer_config.json, generation_config.json."""
     from safetensors.torch import save_file
 
-    from genscale.data.tokenizer import EOT, EOT_ID, UNK
+    from genscale.data.tokenizer import EOT, UNK
     from genscale.models.gpt import gpt2_config, gpt2_state_dict
 
     model, tok = sampler.model, sampler.tokenizer
-    c = model.config
+    c, eot = model.config, tok.eot_id
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", **gpt2_config(c),
               "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,  # inference: no dropout
-              "bos_token_id": EOT_ID, "eos_token_id": EOT_ID,  # as GPT-2: <|endoftext|> starts and ends a document
+              "bos_token_id": eot, "eos_token_id": eot,  # as GPT-2: <|endoftext|> starts and ends a document
               "dtype": "float32", "use_cache": True}
     write_json(folder / "config.json", config)
     state = gpt2_state_dict(model)
@@ -128,13 +128,13 @@ def write_gpt_hf(sampler: Any, cfg: RunConfig, folder: Path) -> list[str]:
         "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False})
     write_json(folder / "special_tokens_map.json", special)
     write_json(folder / "generation_config.json", {
-        "bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID, "do_sample": True,
+        "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "do_sample": True,
         **GENERATION_DEFAULTS})
     return [f"the architecture is GPT-2's exactly: exact-erf GELU (activation_function gelu), LayerNorm eps 1e-5, "
             f"tied output layer{'' if c.bias else '; the run has no biases (model.bias false): they are zeros here'}",
-            "a prompt starts with <|endoftext|> (id 0), as genscale's does: input_ids = [0] + tokenizer(prompt); the "
-            "tokenizer adds no token itself",
-            "transformers' generate stops at <|endoftext|> (eos_token_id 0); genscale sample does not stop (pass "
+            f"a prompt starts with <|endoftext|> (id {eot}), as genscale's does: input_ids = [{eot}] + "
+            "tokenizer(prompt); the tokenizer adds no token itself",
+            f"transformers' generate stops at <|endoftext|> (eos_token_id {eot}); genscale sample does not stop (pass "
             "eos_token_id=None for its behaviour). Decoding skips special tokens in genscale: "
             "decode(ids, skip_special_tokens=True)",
             f"the context is {c.block_size} tokens (n_positions): genscale slides its window past it, transformers "
@@ -160,9 +160,7 @@ def write_gpt_torch(sampler: Any, folder: Path) -> list[str]:
     """model.pt2 (tokens -> logits, batch and length dynamic up to block_size), tokenizer.json, export.json."""
     from torch.export import Dim
 
-    from genscale.data.tokenizer import EOT_ID
-
-    c = sampler.model.config
+    c, eot = sampler.model.config, sampler.tokenizer.eot_id
     dims = {"idx": {0: Dim("batch", min=1), 1: Dim("tokens", min=1, max=c.block_size)}}
     example = torch.zeros(2, min(2, c.block_size), dtype=torch.long)
     program = torch.export.export(_Logits(sampler.model.eval()), (example,), dynamic_shapes=dims)
@@ -174,8 +172,8 @@ def write_gpt_torch(sampler: Any, folder: Path) -> list[str]:
         "inputs": {"idx": f"int64 (batch, tokens), 1 <= tokens <= {c.block_size}: token ids in [0, {c.vocab_size})"},
         "output": f"float32 (batch, tokens, {c.vocab_size}): next-token logits at every position",
         "tokenizer": {"file": "tokenizer.json", "library": "tokenizers", "kind": sampler.tokenizer.kind,
-                      "load": "tokenizers.Tokenizer.from_file('tokenizer.json')", "start_token_id": EOT_ID,
-                      "note": "a document starts with <|endoftext|> (id 0): ids = [0] + encode(prompt).ids"},
+                      "load": "tokenizers.Tokenizer.from_file('tokenizer.json')", "start_token_id": eot,
+                      "note": f"a document starts with <|endoftext|> (id {eot}): ids = [{eot}] + encode(prompt).ids"},
         "config": {"vocab_size": c.vocab_size, "block_size": c.block_size, "n_layer": c.n_layer,
                    "n_head": c.n_head, "n_embd": c.n_embd, "bias": c.bias}})
     return [f"batch and sequence length are dynamic (1 to {c.block_size} tokens); no key/value cache: each call "

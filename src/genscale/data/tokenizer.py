@@ -5,7 +5,9 @@
 - bpe: byte-level BPE as in GPT-2 (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"):
   the 256 bytes are the base vocabulary, so every text encodes and decodes exactly and nothing is unknown.
 
-Both put <|endoftext|> at id 0; it separates documents in the token stream. The saved form is HuggingFace's own
+Both put <|endoftext|> at id 0; it separates documents in the token stream. A byte-level BPE tokenizer.json made
+elsewhere (GPT-2's has <|endoftext|> at id 50256, its last) is read with its own EOT id, so token ids prepared with
+it (nanoGPT's train.bin) keep their meaning. The saved form is HuggingFace's own
 tokenizer.json (loadable with `tokenizers.Tokenizer.from_file`); the kind is read back from its model type
 (WordLevel: char, BPE: bpe), so the file cannot disagree with itself about what it is.
 """
@@ -22,7 +24,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from genscale.errors import GenscaleError
 from genscale.paths import atomic_write_bytes
 
-EOT = "<|endoftext|>"  # separates documents in the token stream; id 0 in both kinds
+EOT = "<|endoftext|>"  # separates documents in the token stream; id 0 in both kinds trained here
 UNK = "<unk>"  # char kind only: characters outside the kept vocabulary; id 1
 EOT_ID = 0
 UNK_ID = 1
@@ -42,8 +44,8 @@ class TextTokenizer:
         hf.encode_special_tokens = True
         self._hf = hf
         self.vocab_size: int = hf.get_vocab_size(with_added_tokens=True)
-        self.eot_id: int = EOT_ID
-        self._special_ids = frozenset({EOT_ID, UNK_ID} if self.kind == "char" else {EOT_ID})
+        self.eot_id: int = hf.token_to_id(EOT)
+        self._special_ids = frozenset({EOT_ID, UNK_ID} if self.kind == "char" else {self.eot_id})
 
     def __repr__(self) -> str:
         return f"TextTokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
@@ -117,8 +119,12 @@ def _parse(text: str) -> Tokenizer:
         hf = Tokenizer.from_str(text)
     except Exception as e:  # HF raises a bare Exception for any serde error
         raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    expected = {EOT: EOT_ID, UNK: UNK_ID} if kind == "char" else {EOT: EOT_ID}
-    for token, token_id in expected.items():
+    if kind == "bpe":  # EOT at any id (GPT-2's is 50256), but a special token, so no text encodes to it
+        special = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}
+        if EOT not in special:
+            raise ValueError(f"{EOT} is not one of its special tokens")
+        return hf
+    for token, token_id in {EOT: EOT_ID, UNK: UNK_ID}.items():
         if hf.token_to_id(token) != token_id:
             raise ValueError(f"{token} is not id {token_id}")
     return hf
