@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
 export GENSCALE_CACHE ?= $(CURDIR)/cache
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test wheel-check demo lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,9 +45,13 @@ setup: $(VENV)/.installed $(GENSCALE_CACHE)/.system-data
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
+# The wheel in a clean venv (no dev tools, no Ray), run from outside the checkout: package data, dependencies, a preset.
+wheel-check: setup
+	PYTHON=$(PYTHON) BUILD_PYTHON=$(BIN)/python TORCH=$(TORCH) .ci/wheel-check
+
 # The demo study: 12 DCGAN trials over data size x training steps, fitted laws, a report and a verdict.
 demo: setup
-	$(BIN)/genscale study run configs/study-demo-image.yaml --workers 2
+	$(BIN)/genscale study run study-demo-image --workers 2
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks

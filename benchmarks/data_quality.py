@@ -5,7 +5,7 @@
 
 Makes the datasets as a user would (`genscale data ingest fashion-mnist --name fmnist`, then
 `genscale data corrupt fmnist --duplicates 0.3 --noise 0.1 --out fmnist-dirty`) in a fresh GENSCALE_DATA folder,
-then runs `genscale study run configs/study-data-quality.yaml --workers 2`: a tiny DCGAN, 2,000 steps per trial,
+then runs `genscale study run study-data-quality --workers 2`: a tiny DCGAN, 2,000 steps per trial,
 data.clean x data.augment x data.size, FID-fmnist from one extractor (trained on fmnist's train split).
 """
 
@@ -64,7 +64,7 @@ def main() -> None:
              "corrupt": run("data", "corrupt", "fmnist", "--duplicates", "0.3", "--noise", "0.1",
                             "--out", "fmnist-dirty"),
              "clean": run("data", "clean", "fmnist-dirty")}
-    seconds, stdout = run("study", "run", "configs/study-data-quality.yaml", "--workers", "2",
+    seconds, stdout = run("study", "run", "study-data-quality", "--workers", "2",
                           "--out", str(folder / "study"))
     analysis = json.loads((folder / "study" / "analysis.json").read_text())
     trials = [json.loads(p.read_text()) for p in sorted((folder / "study").glob("trials/*/result.json"))]

@@ -30,8 +30,8 @@ from genscale.study.execute import steady_examples_per_second
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     # name: (config, overrides, unit)
-    "dcgan-small": ("configs/dcgan-fmnist.yaml", [], "images"),
-    "gpt-mini": ("configs/gpt-char-shakespeare.yaml", [], "tokens"),
+    "dcgan-small": ("dcgan-fmnist", [], "images"),
+    "gpt-mini": ("gpt-char-shakespeare", [], "tokens"),
 }
 
 
@@ -40,7 +40,7 @@ def train(config: str, overrides: list[str], nproc: int, steps: int, runs: Path)
     sets = [f"--set=train.steps={steps}", f"--set=train.checkpoint_every={steps // 2}", "--set=eval.on_train_end=false",
             "--set=train.log_every=10", *(f"--set={o}" for o in overrides)]
     before = set(runs.glob("*/summary.json"))
-    done = subprocess.run([sys.executable, "-m", "genscale", "train", str(ROOT / config), *sets, "--nproc", str(nproc)],
+    done = subprocess.run([sys.executable, "-m", "genscale", "train", config, *sets, "--nproc", str(nproc)],
                           capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"{config} --nproc {nproc} failed:\n{done.stderr[-3000:]}")

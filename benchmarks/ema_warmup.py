@@ -5,7 +5,7 @@ two EMAs of the same generator, genscale's (`make_ema`: decay min(ema_decay, (1 
 and the rule before it (torch's `get_ema_multi_avg_fn(ema_decay)`: a constant decay from the first update). At
 each listed step both EMAs and the raw generator are scored with the config's extractor on the same noise.
 
-    python benchmarks/ema_warmup.py [--config configs/dcgan-fmnist.yaml] [--steps 500,1000,2000] [--n 10000]
+    python benchmarks/ema_warmup.py [--config dcgan-fmnist] [--steps 500,1000,2000] [--n 10000]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from genscale.train.machinery import autocast_for
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="configs/dcgan-fmnist.yaml")
+    ap.add_argument("--config", default="dcgan-fmnist", help="run config YAML or preset name")
     ap.add_argument("--steps", default="500,1000,2000", help="comma-separated steps at which to score")
     ap.add_argument("--n", type=int, default=10000, help="generated samples per score")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override, as the CLI's")

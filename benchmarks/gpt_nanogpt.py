@@ -6,7 +6,7 @@
 `--nanogpt` is a checkout of https://github.com/karpathy/nanoGPT (model.py, train.py, configurator.py). It is never
 modified or copied into the project: each run copies those three files into a temporary folder, writes
 data/<name>/{train,val}.bin and meta.pkl there from genscale's tokenized Shakespeare (the uint16 token ids of
-configs/gpt-char-shakespeare.yaml, so both sides train on identical tokens with an identical vocabulary) and runs
+the preset gpt-char-shakespeare, so both sides train on identical tokens with an identical vocabulary) and runs
 its train.py as a subprocess with --key=value overrides. genscale runs `pipeline.train` in a subprocess of this
 script (`--worker`), with GENSCALE_RUNS in a temporary folder. The two alternate, one at a time, with the same
 thread count (OMP_NUM_THREADS and MKL_NUM_THREADS; torch.set_num_threads in the worker).
@@ -52,7 +52,7 @@ import torch
 from _machine import command, machine
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "gpt-char-shakespeare.yaml"
+CONFIG = "gpt-char-shakespeare"  # the shipped preset
 NANOGPT_FILES = ("model.py", "train.py", "configurator.py")
 NANOGPT_DATASET = "genscale_shakespeare_char"
 # glibc returns freed heap memory to the OS once the heap's top exceeds the trim threshold, and both thresholds
@@ -198,7 +198,7 @@ def genscale_worker(spec_path: Path) -> None:
 
     spec = json.loads(spec_path.read_text())
     torch.set_num_threads(spec["threads"])
-    cfg = pipeline.config_for_train(str(CONFIG), spec["overrides"])
+    cfg = pipeline.config_for_train(CONFIG, spec["overrides"])
     starts: list[float] = []
     faults: list[int] = []
     values: list[torch.Tensor] = []
@@ -259,7 +259,7 @@ def compare(*, nanogpt: Path, overrides: list[str], steps: int, repeats: int, ev
     from genscale.train.gpt import gpt_flops_per_step
 
     overrides = [f"train.steps={steps}", "eval.on_train_end=false", "train.device=cpu", *overrides]
-    cfg = pipeline.config_for_train(str(CONFIG), overrides)
+    cfg = pipeline.config_for_train(CONFIG, overrides)
     m, t = cfg.model, cfg.train
     data = pipeline.load_data(cfg)
     vocab = data.tokenizer.vocab_size
@@ -303,7 +303,7 @@ def compare(*, nanogpt: Path, overrides: list[str], steps: int, repeats: int, ev
         return round(flops_per_step * statistics.median(tps) / tokens_per_step / 1e9, 2)
 
     return {
-        "config": str(CONFIG.relative_to(ROOT)), "genscale_overrides": overrides, "steps": steps, "repeats": repeats,
+        "config": CONFIG, "genscale_overrides": overrides, "steps": steps, "repeats": repeats,
         "model": {**gpt_preset(m.size), "size": m.size, "block_size": m.block_size, "vocab_size": vocab,
                   "bias": m.bias, "dropout": m.dropout, "params": ours[0]["summary"]["params"]},
         "batch_size": t.batch_size, "grad_accum": t.grad_accum, "tokens_per_step": tokens_per_step,

@@ -3,11 +3,11 @@
     python benchmarks/gpt_quality.py budget [--minutes 10]    # -> results/gpt_budget.json
     python benchmarks/gpt_quality.py finetune                 # -> results/gpt_finetune.json
 
-budget: the character-level preset (configs/gpt-char-shakespeare.yaml) trained for as many steps as fit in a fixed
+budget: the character-level preset (gpt-char-shakespeare) trained for as many steps as fit in a fixed
   wall-clock budget on this machine: a 40-step probe run measures the step time, the budget sets train.steps (the
   cosine schedule spans them), then the held-out loss (nats per character) is measured on 65,536 held-out characters.
-finetune: pretrain configs/gpt-bpe-sotu.yaml (byte-level BPE, State of the Union addresses), then train
-  configs/gpt-finetune-shakespeare.yaml (a 100,000-token slice of Shakespeare) twice at equal compute — from the
+finetune: pretrain the preset gpt-bpe-sotu (byte-level BPE, State of the Union addresses), then train
+  gpt-finetune-shakespeare (a 100,000-token slice of Shakespeare) twice at equal compute — from the
   pretrained weights (model.init_from) and from scratch — and compare held-out loss per character on Shakespeare.
   The scratch run trains its own BPE on Shakespeare's train split (the fine-tuned run must reuse the pretrained
   one); per-character numbers compare across tokenizers.
@@ -47,7 +47,7 @@ def train(config: str, *overrides: str) -> tuple[Path, dict]:
 
 
 def budget(args: argparse.Namespace) -> dict:
-    config = "configs/gpt-char-shakespeare.yaml"
+    config = "gpt-char-shakespeare"
     _, probe = train(config, "train.steps=40", "eval.on_train_end=false")
     step_seconds = probe["summary"]["train_seconds"] / 40
     steps = int(args.minutes * 60 / step_seconds)
@@ -57,8 +57,8 @@ def budget(args: argparse.Namespace) -> dict:
 
 
 def finetune(args: argparse.Namespace) -> dict:
-    pre_dir, pre = train("configs/gpt-bpe-sotu.yaml", f"train.steps={args.pretrain_steps}")
-    config = "configs/gpt-finetune-shakespeare.yaml"
+    pre_dir, pre = train("gpt-bpe-sotu", f"train.steps={args.pretrain_steps}")
+    config = "gpt-finetune-shakespeare"
     common = (f"train.steps={args.steps}", f"data.size={args.tokens}")
     _, tuned = train(config, *common, f"model.init_from={pre_dir}")
     _, scratch = train(config, *common)

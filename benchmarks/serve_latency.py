@@ -3,9 +3,9 @@
     python benchmarks/serve_latency.py [--clients 1 8] [--requests 6 16] [--workloads gan ddim text]
 
 Models (trained 1 step each in a temporary store: speed does not depend on the weights; eval off):
-  gan   configs/dcgan-fmnist.yaml (DCGAN small), requests of 16 images
-  ddim  configs/ddpm-fmnist.yaml (UNet small, 1000 timesteps, class-conditional), 16 images with DDIM-50
-  text  configs/gpt-char-shakespeare.yaml with model.block_size=256 (GPT mini), 200-token continuations of a
+  gan   dcgan-fmnist (DCGAN small), requests of 16 images
+  ddim  ddpm-fmnist (UNet small, 1000 timesteps, class-conditional), 16 images with DDIM-50
+  text  gpt-char-shakespeare with model.block_size=256 (GPT mini), 200-token continuations of a
         16-character prompt, temperature 0.8
 The server is `genscale serve RUN RUN RUN` in a subprocess on 127.0.0.1 (its defaults: one worker thread, batches of
 up to 16 rows from what is queued); clients are threads of this process, each sending its requests one after another
@@ -37,13 +37,12 @@ import httpx
 import torch
 from _machine import command, machine, write_result
 
-ROOT = Path(__file__).resolve().parent.parent
 GENSCALE = Path(sys.executable).with_name("genscale")
 PROMPT = "ROMEO:\nBut soft, "  # 16 characters
 WORKLOADS = {
-    "gan": ("configs/dcgan-fmnist.yaml", []),
-    "ddim": ("configs/ddpm-fmnist.yaml", ["eval.sampling_steps=50"]),
-    "text": ("configs/gpt-char-shakespeare.yaml", ["model.block_size=256"]),
+    "gan": ("dcgan-fmnist", []),
+    "ddim": ("ddpm-fmnist", ["eval.sampling_steps=50"]),
+    "text": ("gpt-char-shakespeare", ["model.block_size=256"]),
 }
 
 
@@ -52,7 +51,7 @@ def train_runs(store: Path, names: list[str]) -> dict[str, Path]:
     for name in names:
         config, extra = WORKLOADS[name]
         before = set((store / "runs").glob("*")) if (store / "runs").exists() else set()
-        subprocess.run([str(GENSCALE), "train", str(ROOT / config), "--set", "train.steps=1", "--set",
+        subprocess.run([str(GENSCALE), "train", config, "--set", "train.steps=1", "--set",
                         "eval.on_train_end=false", *sum((["--set", s] for s in extra), [])],
                        check=True, env=env_for(store), stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         (run,) = [p for p in (store / "runs").glob("*") if p.is_dir() and p not in before and p.name != "mlartifacts"]

@@ -1,10 +1,10 @@
 """Study benchmarks: the demo study's wall time and verdict, and the speedup of Ray workers on one grid.
 
-    python benchmarks/study.py demo [--preset configs/study-demo-text.yaml]  # -> results/study_demo_image.json
+    python benchmarks/study.py demo [--preset study-demo-text]  # -> results/study_demo_image.json
                                                                              #    (study_demo_text.json, ...)
     python benchmarks/study.py workers [--workers 1 2]   # -> results/study_workers.json
 
-`demo` runs `genscale study run configs/study-demo-image.yaml --workers 2` as a user would (the feature
+`demo` runs `genscale study run study-demo-image --workers 2` as a user would (the feature
 extractor is cached after its first use; whether it was trained in this run is recorded). `workers` runs
 the same small grid (8 trials of a tiny DCGAN) once per worker count, each in a fresh study folder, and
 reports wall times and the speedup over 1 worker, measured in the same invocation.
@@ -51,7 +51,7 @@ def demo(args: argparse.Namespace) -> dict:
 
     classifiers = set((cache_dir() / "extractors").glob("fmnist-classifier-*"))
     out = Path(tempfile.mkdtemp(prefix="genscale-demo-study-")) / "study"
-    seconds, stdout = run_study(ROOT / args.preset, 2, out)
+    seconds, stdout = run_study(Path(args.preset), 2, out)
     now = set((cache_dir() / "extractors").glob("fmnist-classifier-*"))
     analysis = json.loads((out / "analysis.json").read_text())
     metric = analysis["metric"]
@@ -83,7 +83,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", choices=["demo", "workers"])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--preset", default="configs/study-demo-image.yaml", help="demo: the study preset to run")
+    p.add_argument("--preset", default="study-demo-image", help="demo: the study (preset name or YAML) to run")
     args = p.parse_args()
     result = demo(args) if args.which == "demo" else workers(args)
     result = {"command": command(), "machine": machine(), **result}

@@ -25,7 +25,7 @@ from _machine import command, machine, write_result
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="configs/dcgan-fmnist.yaml")
+    ap.add_argument("--config", default="dcgan-fmnist", help="run config YAML or preset name")
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--steps", type=int, default=400, help="training steps of each trial")
     ap.add_argument("--startup-trials", type=int, default=3)

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from genscale.config import RunConfig, load_config
+from genscale.config import PRESETS, RunConfig, load_config
 from genscale.errors import GenscaleError
 from genscale.families import family_of
 
-ALL = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+ALL = sorted(PRESETS.glob("*.yaml"))
 CONFIGS = [p for p in ALL if not p.name.startswith("study-")]
 STUDIES = [p for p in ALL if p.name.startswith("study-")]
 
@@ -67,7 +67,7 @@ def test_overrides(tmp_path):
 def test_bad_yaml_and_missing_file(tmp_path):
     with pytest.raises(GenscaleError, match=r"c\.yaml: invalid YAML at line 2"):
         load_config(write(tmp_path, "train:\n\tsteps: 1\n"))
-    with pytest.raises(GenscaleError, match=r"missing\.yaml: cannot read config"):
+    with pytest.raises(GenscaleError, match=r"missing\.yaml: no such file, nor a shipped run config preset"):
         load_config(tmp_path / "missing.yaml")
 
 

@@ -11,12 +11,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from genscale.errors import GenscaleError, RankStopped
 
 app = typer.Typer(help="Train, evaluate and sample generative models; measure what data and compute buy.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Datasets: fetch built-ins, ingest, clean, corrupt, describe.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 study_app = typer.Typer(help="Studies: grids of runs over data, model size and compute; fits, report, verdict.",
@@ -70,15 +71,25 @@ def friendly(fn):
             line = error_line(e)
             if line is None or os.environ.get(DEBUG_ENV):
                 raise
-            err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from genscale import __version__
+
+        out.print(f"genscale {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of an error "
-                                                                        f"(same as {DEBUG_ENV}=1)")] = False):
+                                                                        f"(same as {DEBUG_ENV}=1)")] = False,
+                    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                          help="print the version and exit")] = False):
     """Train, evaluate and sample generative models; measure what data and compute buy."""
     if debug:
         os.environ[DEBUG_ENV] = "1"
@@ -114,17 +125,17 @@ def data_fetch(name: Annotated[str, typer.Argument(help="fashion-mnist, shakespe
 @data_app.command("info")
 @friendly
 def data_info(name: Annotated[str, typer.Argument(help="fashion-mnist, shakespeare, sotu, a stored dataset "
-                                                       "name/version, or a run config YAML")]):
+                                                       "name/version, or a run config YAML or preset name")]):
     """Sizes, shape or tokens, classes and content version of a dataset (built-in, stored, or a config's data
     section; a text config tokenizes, so the counts are in tokens)."""
-    from genscale.config import RunConfig, load_config
+    from genscale.config import RunConfig, load_config, preset_names
     from genscale.data.builtin import BUILTIN_IMAGE_DATASETS
     from genscale.data.corpora import BUILTIN_TEXT_CORPORA
     from genscale.data.store import list_names, load_version
     from genscale.families import FAMILIES, family_of
     from genscale.pipeline import load_data
 
-    if name.endswith((".yaml", ".yml")):
+    if name.endswith((".yaml", ".yml")) or name in preset_names("run config"):
         cfg = load_config(name)
     elif name in BUILTIN_IMAGE_DATASETS + BUILTIN_TEXT_CORPORA and name not in list_names():
         kind = "text" if name in BUILTIN_TEXT_CORPORA else "image"
@@ -282,7 +293,8 @@ def data_list():
 
 @app.command()
 @friendly
-def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (configs/*.yaml)")] = None,
+def train(config: Annotated[Path | None, typer.Argument(help="run config YAML, or a shipped preset by name "
+                                                             "(dcgan-fmnist, ...)")] = None,
           set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.steps=100")] = None,
           resume: Annotated[str | None, typer.Option(help="continue this run from its last checkpoint")] = None,
           nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="data-parallel processes on this "
@@ -349,7 +361,8 @@ def train(config: Annotated[Path | None, typer.Argument(help="run config YAML (c
 
 @app.command()
 @friendly
-def tune(config: Annotated[Path | None, typer.Argument(help="run config YAML whose trials are tuned")] = None,
+def tune(config: Annotated[Path | None, typer.Argument(help="run config YAML (or a shipped preset by name) whose "
+                                                            "trials are tuned")] = None,
          space: Annotated[Path | None, typer.Option(help="search space YAML: config key -> {type: float|int|"
                                                     "categorical, low, high, log, step, choices} (default: the "
                                                     "family's)")] = None,
@@ -754,7 +767,8 @@ def _duration(seconds: float) -> str:
 
 @study_app.command("run")
 @friendly
-def study_run(study: Annotated[Path, typer.Argument(help="study YAML (configs/study-*.yaml)")],
+def study_run(study: Annotated[Path, typer.Argument(help="study YAML, or a shipped preset by name "
+                                                         "(study-demo-image, ...)")],
               workers: Annotated[int | None, typer.Option(help="trials at once on a local Ray "
                                                                  "(default: CPU cores / cpus_per_trial)")] = None,
               ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster "

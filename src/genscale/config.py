@@ -178,6 +178,31 @@ def config_with(cfg: RunConfig, settings: dict[str, Any], origin: str) -> RunCon
     return config_from_dict(raw, origin)
 
 
+PRESETS = Path(__file__).with_name("presets")  # shipped run configs and studies (package data of the wheel)
+
+
+def _preset_kind(stem: str) -> str:
+    return "study" if stem.startswith("study-") else "run config"
+
+
+def preset_names(kind: str) -> list[str]:
+    """The shipped presets of a kind ("run config" or "study"), by the name a command takes."""
+    return sorted(p.stem for p in PRESETS.glob("*.yaml") if _preset_kind(p.stem) == kind)
+
+
+def resolve_preset(path: str | Path, kind: str = "run config", folder: Path = Path(".")) -> Path:
+    """The YAML a command was given: an existing file (relative to `folder`) wins, else a shipped preset named `path`
+    (`dcgan-fmnist`, with or without .yaml), so an installed genscale needs no checkout; neither is a GenscaleError
+    listing the presets."""
+    path = folder / path
+    if path.exists():
+        return path
+    preset = PRESETS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if path.parent == folder and preset.is_file() and _preset_kind(preset.stem) == kind:
+        return preset
+    raise GenscaleError(f"{path}: no such file, nor a shipped {kind} preset (presets: {', '.join(preset_names(kind))})")
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A YAML file whose top level is a mapping; unreadable, invalid or non-mapping files are GenscaleErrors."""
     path = Path(path)
@@ -227,5 +252,6 @@ def config_yaml(cfg: RunConfig) -> str:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config, apply `--set` overrides, validate strictly."""
+    """Read a YAML config (a file, or a shipped preset by name), apply `--set` overrides, validate strictly."""
+    path = resolve_preset(path)
     return config_from_dict(apply_overrides(read_yaml_mapping(path), list(overrides)), str(path))

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from genscale.config import saved_config
+from genscale.config import resolve_preset, saved_config
 from genscale.errors import GenscaleError
 from genscale.families import family_of
 from genscale.families.image import KEY_SAMPLING_SECONDS
@@ -62,6 +62,8 @@ def plan_study(path: str | Path, *, store: bool = True) -> StudyPlan:
     version it would clean (its shapes, hence FLOPs per step, are the same), since cleaning stores a version."""
     from genscale.pipeline import load_data
 
+    require_ray()
+    path = resolve_preset(path, "study")
     study, base = load_study(path)
     origin = str(path)
     trials = expand_grid(study, base, origin)
@@ -356,9 +358,22 @@ def trial_resources(trial: Trial, res: dict[str, float]) -> dict[str, float]:
     return {"num_cpus": res["cpus_per_trial"] * n, "num_gpus": 0}
 
 
+RAY_MISSING = "study runs need Ray: pip install 'genscale[study]'"
+
+
+def require_ray():
+    """The ray module. Ray is the `study` extra: a plain install trains, evaluates, tunes and serves without it, so a
+    study says what to install before it writes or trains anything."""
+    try:
+        import ray
+    except ImportError:
+        raise GenscaleError(RAY_MISSING) from None
+    return ray
+
+
 def _start_ray(workers: int, cpus_per_trial: float, gpus_per_trial: float, address: str | None,
                largest: dict[str, float] | None = None):
-    import ray
+    ray = require_ray()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, private instance: no token to manage
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -379,6 +394,7 @@ def run_study(study_dir: Path, *, workers: int | None = None, ray_address: str |
     from genscale.study.analysis import analyse_study
     from genscale.tracking import Tracker
 
+    require_ray()
     study_dir = Path(study_dir).absolute()
     plan = read_plan(study_dir)
     trials = trials_of(plan)

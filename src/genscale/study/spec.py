@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from genscale.config import SECTIONS, RunConfig, Strict, _format_error, read_yaml_mapping, set_nested
+from genscale.config import SECTIONS, RunConfig, Strict, _format_error, read_yaml_mapping, resolve_preset, set_nested
 from genscale.errors import GenscaleError
 from genscale.families import FAMILIES, family_of
 
@@ -70,7 +70,7 @@ class GpuProbe(Strict):
 
 class StudyConfig(Strict):
     name: str = "study"
-    base: str | None = None  # run config YAML the trials start from, relative to the study file
+    base: str | None = None  # run config YAML the trials start from, relative to the study file, or a preset name
     run: dict[str, Any] = {}  # run-config keys set on top of `base` (nested, as in a run config)
     axes: dict[str, list[Any]]  # axis -> values; the grid is their product, in this order
     family_settings: dict[str, dict[str, Any]] = Field(
@@ -120,13 +120,14 @@ def _known_key(key: str) -> bool:
 
 
 def load_study(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
-    """The study config and its base run config as a raw dict (base file + `run` keys)."""
-    path = Path(path)
+    """The study config (a file, or a shipped preset by name) and its base run config as a raw dict (base file +
+    `run` keys); the base is a file relative to the study file, or a shipped run-config preset by name."""
+    path = resolve_preset(path, "study")
     try:
         study = StudyConfig.model_validate(read_yaml_mapping(path, "study"))
     except ValidationError as e:
         raise GenscaleError(_format_error(e, str(path))) from None
-    base = read_yaml_mapping(path.parent / study.base, "base run config") if study.base else {}
+    base = read_yaml_mapping(resolve_preset(study.base, folder=path.parent), "base run config") if study.base else {}
     _merge(base, copy.deepcopy(study.run))
     base["name"] = study.name
     return study, base
