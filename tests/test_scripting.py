@@ -12,13 +12,12 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from genscale.cli import app
-from genscale.config import load_config
+from genscale.config import PRESETS, load_config, preset_names
 from genscale.gate import EXIT_GATE_FAILED
 from genscale.paths import runs_dir
 
 runner = CliRunner()
-CONFIGS = Path(__file__).parent.parent / "configs"
-RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("study-"))
+RUN_CONFIGS = [PRESETS / f"{name}.yaml" for name in preset_names("run config")]
 
 
 def invoke(*args: str):
@@ -91,7 +90,7 @@ def test_config_schema_validates_every_shipped_config_and_rejects_what_load_conf
         assert validator.is_valid(raw), (path, next(validator.iter_errors(raw)).message[:300])
         resolved = yaml.safe_load(invoke("config", "show", str(path))[1])
         assert validator.is_valid(resolved), path
-    gpt = yaml.safe_load((CONFIGS / "gpt-char-shakespeare.yaml").read_text())
+    gpt = yaml.safe_load((PRESETS / "gpt-char-shakespeare.yaml").read_text())
     for bad in ({**gpt, "trian": {}}, {**gpt, "train": {**gpt["train"], "lr_g": 1e-3}},  # a gan key in a gpt run
                 {**gpt, "model": {**gpt["model"], "family": "diffusion"}}):
         assert not validator.is_valid(bad)

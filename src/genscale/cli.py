@@ -589,7 +589,7 @@ def settings(family: Annotated[str, typer.Argument(help="model family: gan, gpt,
 
 @config_app.command("show")
 @friendly
-def config_show(config: Annotated[str, typer.Argument(help="run config YAML (configs/*.yaml)")],
+def config_show(config: Annotated[str, typer.Argument(help="run config YAML, or a shipped preset name")],
                 set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.steps=100")
                                 ] = None):
     """The resolved run config as YAML, every default filled: what `genscale train CONFIG --set ...` would save as
