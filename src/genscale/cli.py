@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from genscale.errors import GenscaleError, RankStopped
+from genscale.ui import QUIET, VERBOSE, VERBOSITY_ENV, set_verbosity, verbosity
 
 app = typer.Typer(help="Train, evaluate and sample generative models; measure what data and compute buy.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -75,10 +76,19 @@ def friendly(fn):
 
 @app.callback()
 def _global_options(debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of an error "
-                                                                        f"(same as {DEBUG_ENV}=1)")] = False):
+                                                                        f"(same as {DEBUG_ENV}=1)")] = False,
+                    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress and no notes: errors, "
+                                                        "warnings and results only (same as "
+                                                        f"{VERBOSITY_ENV}=quiet)")] = False,
+                    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also every metric point and the "
+                                                          "libraries' INFO logs (same as "
+                                                          f"{VERBOSITY_ENV}=verbose)")] = False):
     """Train, evaluate and sample generative models; measure what data and compute buy."""
     if debug:
         os.environ[DEBUG_ENV] = "1"
+    if quiet and verbose:
+        raise typer.BadParameter("choose one of --quiet and --verbose")
+    set_verbosity(QUIET if quiet else VERBOSE if verbose else verbosity())  # a child process: its parent's
 
 
 @data_app.command("fetch")
