@@ -431,15 +431,11 @@ def sample(run: Annotated[str, typer.Argument(help="run id, unique prefix, or fo
     diffusion model's UNet and scheduler), or text continuations of --prompt from a gpt run."""
     from genscale.config import parse_override
     from genscale.families import family_of
-    from genscale.pipeline import load_run, sample_run, sample_texts
+    from genscale.pipeline import check_sampling, load_run, sample_run, sample_texts
 
     _, cfg = load_run(run)
     text_options = prompt or max_new_tokens != 200 or temperature != 0.8 or top_k is not None or top_p is not None
-    if (n is not None and n < 1) or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1) \
-            or temperature < 0 or max_new_tokens < 1:
-        raise GenscaleError(f"-n {n} / --top-k {top_k} / --top-p {top_p} / --temperature {temperature} / "
-                            f"--max-new-tokens {max_new_tokens}: n >= 1, top-k >= 1, top-p in (0, 1], "
-                            "temperature >= 0, max-new-tokens >= 1")
+    check_sampling(n=n, top_k=top_k, top_p=top_p, temperature=temperature, max_new_tokens=max_new_tokens)
     settings = {}
     for item in set_ or []:
         path, value = parse_override(item)
