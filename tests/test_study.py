@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+import genscale
 from genscale.data.datasets import load_image_data
 from genscale.errors import GenscaleError
 from genscale.paths import runs_dir
@@ -178,6 +179,12 @@ def test_report_and_verdict_from_trials_of_a_known_law(tmp_path):
     assert len(linked) >= 4 and all((study_dir / p).exists() for p in linked)
     assert analysis["data_constrained"]["available"]  # epochs > 1 in most trials
     assert not analysis["compute_optimal"]["available"]  # one model size
+    study = genscale.Study.load(study_dir)  # the Python API reads the folder back, running nothing
+    assert (study.name, study.metric, study.verdict.sentence, study.verdict.decision) == \
+        ("synthetic", "fid_fmnist", v["sentence"], "data")
+    assert [t["trial"] for t in study.trials] == [t["id"] for t in json.loads((study_dir / "plan.json").read_text())
+                                                  ["trials"]] and study.failed == ()
+    assert study.report == study_dir / "report.html" and study.verdict.details["D0"] == 16000
 
 
 def test_treatment_axes_expand_and_bad_values_name_the_key():

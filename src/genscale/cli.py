@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from genscale.errors import GenscaleError, RankStopped
+from genscale.ui import QUIET, VERBOSE, VERBOSITY_ENV, set_verbosity, verbosity
 
 app = typer.Typer(help="Train, evaluate and sample generative models; measure what data and compute buy.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -89,10 +90,19 @@ def _print_version(value: bool) -> None:
 def _global_options(debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of an error "
                                                                         f"(same as {DEBUG_ENV}=1)")] = False,
                     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
-                                                          help="print the version and exit")] = False):
+                                                          help="print the version and exit")] = False,
+                    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress and no notes: errors, "
+                                                        "warnings and results only (same as "
+                                                        f"{VERBOSITY_ENV}=quiet)")] = False,
+                    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also every metric point and the "
+                                                          "libraries' INFO logs (same as "
+                                                          f"{VERBOSITY_ENV}=verbose)")] = False):
     """Train, evaluate and sample generative models; measure what data and compute buy."""
     if debug:
         os.environ[DEBUG_ENV] = "1"
+    if quiet and verbose:
+        raise typer.BadParameter("choose one of --quiet and --verbose")
+    set_verbosity(QUIET if quiet else VERBOSE if verbose else verbosity())  # a child process: its parent's
 
 
 @data_app.command("fetch")
@@ -461,15 +471,11 @@ def sample(run: Annotated[str, typer.Argument(help="run id, unique prefix, or fo
     diffusion model's UNet and scheduler), or text continuations of --prompt from a gpt run."""
     from genscale.config import parse_override
     from genscale.families import family_of
-    from genscale.pipeline import load_run, sample_run, sample_texts
+    from genscale.pipeline import check_sampling, load_run, sample_run, sample_texts
 
     _, cfg = load_run(run)
     text_options = prompt or max_new_tokens != 200 or temperature != 0.8 or top_k is not None or top_p is not None
-    if (n is not None and n < 1) or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1) \
-            or temperature < 0 or max_new_tokens < 1:
-        raise GenscaleError(f"-n {n} / --top-k {top_k} / --top-p {top_p} / --temperature {temperature} / "
-                            f"--max-new-tokens {max_new_tokens}: n >= 1, top-k >= 1, top-p in (0, 1], "
-                            "temperature >= 0, max-new-tokens >= 1")
+    check_sampling(n=n, top_k=top_k, top_p=top_p, temperature=temperature, max_new_tokens=max_new_tokens)
     settings = {}
     for item in set_ or []:
         path, value = parse_override(item)

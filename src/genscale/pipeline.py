@@ -372,6 +372,16 @@ def sample_run(run: str, *, n: int, out: Path, seed: int = SAMPLE_SEED, settings
     return save_grid(sampler.images(n, seed=seed), out)
 
 
+def check_sampling(*, n: int | None, top_k: int | None, top_p: float | None, temperature: float,
+                   max_new_tokens: int) -> None:
+    """The sampling options `genscale sample` and the Python API take, in range."""
+    if (n is not None and n < 1) or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1) \
+            or temperature < 0 or max_new_tokens < 1:
+        raise GenscaleError(f"-n {n} / --top-k {top_k} / --top-p {top_p} / --temperature {temperature} / "
+                            f"--max-new-tokens {max_new_tokens}: n >= 1, top-k >= 1, top-p in (0, 1], "
+                            "temperature >= 0, max-new-tokens >= 1")
+
+
 def sample_texts(run: str, *, prompt: str, n: int, max_new_tokens: int, temperature: float, top_k: int | None,
                  top_p: float | None, seed: int = SAMPLE_SEED) -> list[str]:
     """n continuations of `prompt` from a text run."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from genscale.errors import GenscaleError
 from genscale.paths import runs_dir
+from genscale.ui import library_log_level
 
 FOLDER_TAG = "genscale.folder"  # the run folder a run records, so `genscale runs --json` can name it
 
@@ -38,7 +39,8 @@ def tracking_uri(configured: str | None = None, *, make_folder: bool = True) -> 
 def _quiet_mlflow() -> None:
     import mlflow  # noqa: F401  (its import configures its loggers; quieten them afterwards)
 
-    for name in ("mlflow", "alembic", "sqlalchemy"):
+    logging.getLogger("mlflow").setLevel(library_log_level())
+    for name in ("alembic", "sqlalchemy"):  # the store's schema chatter, even when verbose
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -88,6 +90,24 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def context_tags(tags: dict[str, str]) -> dict[str, str]:
+    """`tags` over the tags `mlflow.start_run` adds (MlflowClient.create_run adds none): mlflow.user,
+    mlflow.source.name/type from MLflow's own context providers, and mlflow.source.git.commit/branch/repoURL of the
+    git checkout genscale runs in (the working directory: MLflow's own git provider looks at sys.argv[0], which is
+    the installed `genscale` script, not the user's project)."""
+    from mlflow.tracking.context.git_context import GitRunContext
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL
+
+    here = os.getcwd()
+    git = {}
+    if (commit := get_git_commit(here)) is not None:
+        git = {MLFLOW_GIT_COMMIT: commit, MLFLOW_GIT_BRANCH: get_git_branch(here), MLFLOW_GIT_REPO_URL:
+               get_git_repo_url(here)}
+    return resolve_tags({**{k: v for k, v in git.items() if v is not None}, **tags}, ignore=[GitRunContext])
+
+
 class Tracker:
     """One MLflow run, used through MlflowClient (no global active-run state)."""
 
@@ -105,7 +125,7 @@ class Tracker:
                     exp_id = self.client.create_experiment(experiment, artifact_location=artifacts)
                 else:
                     exp_id = exp.experiment_id
-            run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags or {}).info.run_id
+            run_id = self.client.create_run(exp_id, run_name=run_name, tags=context_tags(tags or {})).info.run_id
         elif reopen:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id

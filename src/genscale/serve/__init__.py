@@ -11,7 +11,7 @@ import os
 from genscale.errors import GenscaleError
 from genscale.serve.app import Limits, create_app
 from genscale.serve.models import ServedModel, find_model, load_model
-from genscale.ui import console
+from genscale.ui import console, warning
 
 TOKEN_ENV = "GENSCALE_TOKEN"  # when set, requests need `Authorization: Bearer <token>`
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -54,8 +54,7 @@ def serve(specs: list[str], *, host: str = "127.0.0.1", port: int = 8000, device
     token = os.environ.get(TOKEN_ENV) or None
     specs = check_models(specs)
     if host not in LOOPBACK and token is None:
-        console.print(f"warning: serving on {host} without a token: anyone who can reach it can use it (set "
-                      f"{TOKEN_ENV})", highlight=False)
+        warning(f"serving on {host} without a token: anyone who can reach it can use it (set {TOKEN_ENV})")
     app = create_app(lambda: served_models(specs, device=device), limits=limits, token=token, max_batch=max_batch)
     console.print(f"serving at http://{host}:{port}  (web page /, API docs /docs, readiness /ready)", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)

@@ -14,6 +14,7 @@ checkpoints.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -32,7 +33,7 @@ from genscale.families import family_of
 from genscale.families.image import KEY_SAMPLING_SECONDS
 from genscale.paths import cache_dir, read_json, runs_dir, write_json
 from genscale.study.spec import StudyConfig, Trial, check_data_sizes, check_metric, expand_grid, load_study
-from genscale.ui import console, progress
+from genscale.ui import VERBOSE, VERBOSITY_ENV, console, progress, set_verbosity, verbosity
 
 
 def read_plan(study_dir: Path) -> dict[str, Any]:
@@ -281,6 +282,7 @@ def execute_trial(study_dir: str, trial_id: str, env: dict[str, str]) -> dict[st
     train.gpus N > 1 starts its N ranks from this worker (train/distributed.py `launch`), so they share its node.
     """
     os.environ.update(env)
+    set_verbosity(verbosity())  # this worker was started (and genscale imported) before its environment was set
     from genscale.pipeline import tracked_run_id
     from genscale.train.distributed import launch
 
@@ -377,8 +379,8 @@ def _start_ray(workers: int, cpus_per_trial: float, gpus_per_trial: float, addre
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, private instance: no token to manage
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
-                              "configure_logging": True}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True,
+                              "logging_level": logging.INFO if verbosity() == VERBOSE else logging.ERROR}
     if address:
         ray.init(address=address, **kwargs)
     else:  # exactly `workers` trials fit at once (and at least the largest trial)
@@ -522,8 +524,9 @@ def _run_on_ray(study_dir: Path, pending: list[Trial], workers: int, res: dict[s
     ray = _start_ray(workers, res["cpus_per_trial"], res["gpus_per_trial"], ray_address, largest)
     env = {"GENSCALE_RUNS": str(runs_dir().absolute()), "GENSCALE_CACHE": str(cache_dir().absolute()),
            "OMP_NUM_THREADS": str(max(1, int(res["cpus_per_trial"])))}
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    for name in ("MLFLOW_TRACKING_URI", VERBOSITY_ENV):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     remote = ray.remote(num_cpus=res["cpus_per_trial"], num_gpus=res["gpus_per_trial"], max_calls=1,
                         max_retries=0)(execute_trial)
     try:
@@ -531,7 +534,7 @@ def _run_on_ray(study_dir: Path, pending: list[Trial], workers: int, res: dict[s
         steps = {t.id: t.config.train.steps for t in pending}
         finished: set[str] = set()
         failed = 0
-        with progress(transient=False) as bar:  # advances with the trials' training steps, read from progress.json
+        with progress(transient=False, unit="step") as bar:  # the trials' training steps (progress.json)
             task = bar.add_task(f"study: {len(pending)} trials", total=sum(steps.values()),
                                 completed=_steps_done(study_dir, steps, finished))
             while futures:

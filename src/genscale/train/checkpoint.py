@@ -29,7 +29,7 @@ from safetensors.torch import save as save_safetensors
 
 from genscale.errors import GenscaleError
 from genscale.paths import atomic_write_bytes
-from genscale.ui import console
+from genscale.ui import warning
 
 KEEP_LAST = 2
 
@@ -174,8 +174,7 @@ def load_checkpoint(folder: Path, step: int | None = None, *, quiet: bool = Fals
             passed_over.append(f"step {s}: {e}")
             continue
         if passed_over and not quiet:
-            console.print(f"[yellow]warning:[/] {folder}: using checkpoint step {ckpt.step}; passed over "
-                          + "; ".join(passed_over), highlight=False)
+            warning(f"{folder}: using checkpoint step {ckpt.step}; passed over " + "; ".join(passed_over))
         return dataclasses.replace(ckpt, passed_over=tuple(passed_over))
     raise GenscaleError(f"{folder}: no intact checkpoint ({'; '.join(passed_over)})")
 

@@ -30,6 +30,7 @@ from genscale.train.checkpoint import (
 )
 from genscale.train.distributed import SINGLE, World, rank_rows
 from genscale.train.machinery import autocast_for, clock, count_flops, progress_bar, select_device
+from genscale.ui import info
 
 
 class NonFiniteLossError(GenscaleError):
@@ -185,6 +186,7 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
                     values = recipe.step(step, autocast)
             window.append(values)
             step += 1
+            means: dict[str, float] = {}
             if step % t.log_every == 0 or step == t.steps:
                 means = dict(zip(names, checked(window).mean(0).tolist(), strict=True))
                 window.clear()
@@ -193,8 +195,7 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
                 if world.main:  # for watchers without a terminal (a study's driver): where this run is
                     atomic_write_bytes(run_dir / "progress.json",
                                        json.dumps({"step": step, "steps": t.steps}).encode())
-                update(advance=0, **means)
-            update(advance=1)
+            update(advance=1, **means)
             if evaluation and (step % evaluation.every == 0 or step == t.steps):
                 if window:  # never score (or keep as best) weights whose losses went non-finite
                     checked(window)
@@ -202,6 +203,7 @@ def fit(cfg: RunConfig, run_dir: Path, recipe: Recipe, tracker: Tracker | None, 
                     scoring = clock(device)
                     value = evaluation.score()
                     curve.add(step, value, recipe, tracker, cfg)
+                    info(f"eval step {step}: {evaluation.metric} = {value:.4g} ({evaluation.budget})")
                     started += clock(device) - scoring
                     if evaluation.observe and evaluation.observe(step, value):
                         counters["train_seconds"] += clock(device) - started

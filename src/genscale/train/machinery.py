@@ -10,9 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import (
-    TextColumn,
-)
+from rich.progress import TextColumn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
@@ -215,16 +213,19 @@ def clock(device: torch.device) -> float:
 @contextlib.contextmanager
 def progress_bar(total: int, completed: int, description: str, *, show: bool = True
                  ) -> Iterator[Callable[..., None]]:
-    """A rich progress bar with ETA and the latest losses; yields update(advance, **losses). `show=False` (a
-    data-parallel rank other than 0): the same calls, nothing shown."""
+    """A progress bar with ETA and the latest losses; yields update(advance, **losses). Without a terminal, each
+    call with losses (every train.log_every steps) writes one plain line instead (genscale/ui.py Progress).
+    `show=False` (a data-parallel rank other than 0): the same calls, nothing shown."""
     if not show:
         yield lambda advance=1, **values: None
         return
-    with progress(TextColumn("{task.fields[info]}")) as bar:
+    with progress(TextColumn("{task.fields[info]}"), unit="step", every=None) as bar:
         task = bar.add_task(description, total=total, completed=completed, info="")
 
         def update(advance: int = 1, **values: float) -> None:
             info = " ".join(f"{k}={v:.4g}" for k, v in values.items())
             bar.update(task, advance=advance, **({"info": info} if info else {}))
+            if info:
+                bar.write_line(task)
 
         yield update

@@ -30,7 +30,7 @@ from genscale.config import RunConfig, config_with, saved_config
 from genscale.errors import GenscaleError
 from genscale.paths import read_json, runs_dir, write_json
 from genscale.tune.space import Param, contains, dump_space, format_params, read_space, suggest, value_of
-from genscale.ui import console
+from genscale.ui import console, library_log_level
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -46,7 +46,7 @@ def default_storage() -> str:
 def _quiet_optuna():
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # genscale says what each trial did, in one line
+    optuna.logging.set_verbosity(library_log_level())  # genscale says what each trial did, in one line
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
