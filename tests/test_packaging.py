@@ -45,7 +45,7 @@ def test_an_unknown_name_is_one_error_line_listing_the_presets(tmp_path, monkeyp
     with pytest.raises(GenscaleError, match="nor a shipped study preset .*study-demo-image"):
         resolve_preset("dcgan-fmnist", "study")  # a run-config preset is not a study
     with pytest.raises(GenscaleError, match="no such file"):
-        resolve_preset("configs/dcgan-fmnist.yaml")  # a path with a folder is a path, never a preset
+        resolve_preset("elsewhere/dcgan-fmnist.yaml")  # a path with a folder is a path, never a preset
 
 
 def test_version_is_the_installed_distributions():

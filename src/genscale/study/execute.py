@@ -63,7 +63,6 @@ def plan_study(path: str | Path, *, store: bool = True) -> StudyPlan:
     version it would clean (its shapes, hence FLOPs per step, are the same), since cleaning stores a version."""
     from genscale.pipeline import load_data
 
-    require_ray()
     path = resolve_preset(path, "study")
     study, base = load_study(path)
     origin = str(path)
@@ -114,6 +113,8 @@ def plan_study(path: str | Path, *, store: bool = True) -> StudyPlan:
 
 def create_study(path: str | Path, out: Path | None = None) -> Path:
     """Expand and check the study, then write its folder; nothing trains here, so bad input costs nothing."""
+    require_ray()  # before anything is written or tracked (a dry run, which runs no trial, needs no Ray)
+    path = resolve_preset(path, "study")
     p = plan_study(path)
     study, trials = p.study, p.trials
     study_dir = out or runs_dir() / "studies" / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
