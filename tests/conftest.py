@@ -13,7 +13,7 @@ from genscale.config import RunConfig
 # The longest files first: `make test` runs files on two processes (pytest-xdist --dist loadfile), and a long file
 # handed out last would run alone at the end.
 LONGEST_FIRST = ("test_study_resume.py", "test_study.py", "test_faults.py", "test_ddp.py", "test_serve.py",
-                 "test_tune_processes.py", "test_tune.py")
+                 "test_tune_processes.py", "test_tune.py", "test_scripting.py", "test_export.py")
 
 
 def pytest_collection_modifyitems(items):
