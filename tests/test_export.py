@@ -188,3 +188,28 @@ def test_bad_input_is_one_error_line_and_writes_nothing(runs, tmp_path):
     (tmp_path / "empty").mkdir()  # an empty folder is taken (renamed over)
     done = CliRunner().invoke(app, ["export", str(runs.gpt), "--format", "hf", "-o", str(tmp_path / "empty")])
     assert done.exit_code == 0 and f"wrote {tmp_path / 'empty'}" in done.output, done.output
+
+
+def test_a_registered_gpt_version_is_its_transformers_export(runs, tmp_path):
+    """The registry carries the export (what a user deploys), not the training checkpoint: the version's MLflow source
+    downloads to a folder that transformers loads, holding no optimizer state."""
+    from mlflow.artifacts import download_artifacts
+    from transformers import AutoModelForCausalLM
+
+    from genscale.pipeline import evaluate_run
+    from genscale.registry import register
+    from genscale.tracking import tracking_uri
+
+    _, gate = evaluate_run(str(runs.gpt), n=2)
+    assert gate.passed, gate.reasons
+    version = register(str(runs.gpt), "tiny-gpt")
+    step = version.source.rsplit("_", 1)[1]
+    assert version.source == f"runs:/{version.run_id}/export-hf/step_{step}"
+    folder = Path(download_artifacts(version.source, dst_path=str(tmp_path), tracking_uri=tracking_uri()))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in folder.iterdir()}
+    assert not any("optim" in key or key.startswith(("opt.", "rng")) for key in load_file(folder / "model.safetensors"))
+    hf = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    _, sampler = run_sampler(str(runs.gpt))
+    ids = corpus_ids(runs, sampler.tokenizer, rows=2, length=16)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, sampler.model.eval()(ids)[0], atol=1e-4, rtol=0)
