@@ -65,3 +65,15 @@ def test_a_study_without_ray_says_what_to_install(tmp_path, monkeypatch):
         assert result.exit_code == 1, (args, result.output)
         assert result.output.strip().splitlines() == ["error: study runs need Ray: pip install 'genscale[study]'"]
     assert not (tmp_path / "runs").exists()  # nothing was planned or tracked
+
+
+@pytest.mark.parametrize(("words", "expected"), [
+    ("genscale train dcg", ["dcgan-fmnist", "dcgan-wgan-gp-fmnist"]),
+    ("genscale config show gpt-c", ["gpt-char-shakespeare"]),
+    ("genscale study run study-demo-i", ["study-demo-image"]),  # a study completes to studies only
+    ("genscale study run dcg", []),
+    ("genscale train ./my", [])])  # a path: nothing, so the shell completes files (bash `complete -o default`)
+def test_shell_completion_offers_the_shipped_presets_by_name(words, expected):
+    env = {"_GENSCALE_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+    result = CliRunner().invoke(app, [], env=env, prog_name="genscale")
+    assert result.output.split() == expected, result.output

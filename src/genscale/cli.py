@@ -34,6 +34,19 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+def presets_starting(kind: str):
+    """Shell completion of a CONFIG (kind "run config") or STUDY ("study"): the shipped presets whose names start
+    with what is typed. None matching (a path being typed) leaves it to the shell's file completion, which typer's
+    completion scripts fall back to (bash `complete -o default`)."""
+
+    def complete(incomplete: str) -> list[str]:
+        from genscale.config import preset_names
+
+        return [name for name in preset_names(kind) if name.startswith(incomplete)]
+
+    return complete
+
+
 DEBUG_ENV = "GENSCALE_DEBUG"  # set (or --debug): errors show their full traceback
 
 
@@ -304,7 +317,8 @@ def data_list():
 @app.command()
 @friendly
 def train(config: Annotated[Path | None, typer.Argument(help="run config YAML, or a shipped preset by name "
-                                                             "(dcgan-fmnist, ...)")] = None,
+                                                             "(dcgan-fmnist, ...)",
+                                                        autocompletion=presets_starting("run config"))] = None,
           set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.steps=100")] = None,
           resume: Annotated[str | None, typer.Option(help="continue this run from its last checkpoint")] = None,
           nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="data-parallel processes on this "
@@ -372,7 +386,8 @@ def train(config: Annotated[Path | None, typer.Argument(help="run config YAML, o
 @app.command()
 @friendly
 def tune(config: Annotated[Path | None, typer.Argument(help="run config YAML (or a shipped preset by name) whose "
-                                                            "trials are tuned")] = None,
+                                                            "trials are tuned",
+                                                       autocompletion=presets_starting("run config"))] = None,
          space: Annotated[Path | None, typer.Option(help="search space YAML: config key -> {type: float|int|"
                                                     "categorical, low, high, log, step, choices} (default: the "
                                                     "family's)")] = None,
@@ -595,7 +610,8 @@ def settings(family: Annotated[str, typer.Argument(help="model family: gan, gpt,
 
 @config_app.command("show")
 @friendly
-def config_show(config: Annotated[str, typer.Argument(help="run config YAML, or a shipped preset name")],
+def config_show(config: Annotated[str, typer.Argument(help="run config YAML, or a shipped preset name",
+                                                     autocompletion=presets_starting("run config"))],
                 set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.steps=100")
                                 ] = None):
     """The resolved run config as YAML, every default filled: what `genscale train CONFIG --set ...` would save as
@@ -774,7 +790,8 @@ def _duration(seconds: float) -> str:
 @study_app.command("run")
 @friendly
 def study_run(study: Annotated[Path, typer.Argument(help="study YAML, or a shipped preset by name "
-                                                         "(study-demo-image, ...)")],
+                                                         "(study-demo-image, ...)",
+                                                    autocompletion=presets_starting("study"))],
               workers: Annotated[int | None, typer.Option(help="trials at once on a local Ray "
                                                                  "(default: CPU cores / cpus_per_trial)")] = None,
               ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster "
