@@ -3,7 +3,9 @@ the shared cache that `make setup` filled (GENSCALE_CACHE), so no test downloads
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,17 @@ def gpt_config(corpus, **overrides) -> RunConfig:
         section, field = key.split("__")
         raw[section][field] = value
     return RunConfig.model_validate(raw)
+
+
+@contextlib.contextmanager
+def module_store(root: Path) -> Iterator[None]:
+    """Runs, datasets and the MLflow store under `root` while inside: a module fixture that trains its runs once
+    (the autouse fixture above isolates each test, which a module-scoped fixture runs before)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GENSCALE_RUNS", str(root / "runs"))
+        env.setenv("GENSCALE_DATA", str(root / "datasets"))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

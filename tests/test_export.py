@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from test_gpt_train import write_corpus
 from typer.testing import CliRunner
 
-from conftest import gpt_config, tiny_config, tree_hashes
+from conftest import gpt_config, module_store, tiny_config, tree_hashes
 from genscale.cli import app
 from genscale.config import RunConfig
 from genscale.export import export_run
@@ -29,10 +29,7 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("GENSCALE_RUNS", str(root / "runs"))
-        env.setenv("GENSCALE_DATA", str(root / "datasets"))
-        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with module_store(root):
         corpus = write_corpus(root / "corpus")
         quick = {"train__steps": 20, "eval__on_train_end": False}
         gpt = train(gpt_config(corpus, **quick))

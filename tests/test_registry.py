@@ -12,7 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from conftest import tiny_config
+from conftest import module_store, tiny_config
 from genscale.cli import app
 from genscale.config import RunConfig, config_from_dict, load_config
 from genscale.errors import GenscaleError
@@ -29,10 +29,7 @@ AUTO = "auto-gan"  # the gate.register name of both trained runs
 def trained(tmp_path_factory):
     """(a run that passed its gate, one that failed it), trained in this module's own store."""
     root = tmp_path_factory.mktemp("registry")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("GENSCALE_RUNS", str(root / "runs"))
-        env.setenv("GENSCALE_DATA", str(root / "datasets"))
-        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with module_store(root):
         passed = train(tiny_config(train__steps=2, gate__register=AUTO))
         failed = train(tiny_config(train__steps=2, gate__register=AUTO, gate__fid_fmnist={"max": 0.001}))
     return root / "runs", passed, failed
