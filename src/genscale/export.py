@@ -38,7 +38,6 @@ def export_run(run: str, *, fmt: str, out: Path | None = None) -> Path:
     which must be new or an empty folder; returns the folder written."""
     from genscale.pipeline import load_run
 
-    check_format(fmt)
     run_dir, cfg = load_run(run)
     out = Path(out) if out is not None else run_dir / f"export-{fmt}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -86,10 +85,10 @@ def write_export(run_dir: Path, cfg: RunConfig, fmt: str, out: Path, *, step: in
 
 def run_facts(run_dir: Path, cfg: RunConfig, step: int, run_id: str) -> dict[str, Any]:
     """What the model card says of the run: its data and data version, metrics (with their extractor), gate."""
-    from genscale.registry import _metric_records
+    from genscale.registry import metric_records
 
     summary = read_json(run_dir / "summary.json", "run summary") if (run_dir / "summary.json").exists() else {}
-    metrics = _metric_records(run_dir) if (run_dir / "metrics.json").exists() else {}
+    metrics = metric_records(run_dir) if (run_dir / "metrics.json").exists() else {}
     gate = read_json(run_dir / "gate.json", "gate verdict") if (run_dir / "gate.json").exists() else None
     return {"run_id": run_id, "run_name": cfg.name, "family": cfg.model.family, "arch": cfg.model.arch,
             "size": cfg.model.size, "step": step, "steps": cfg.train.steps, "dataset": summary.get("dataset"),

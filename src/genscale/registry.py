@@ -134,7 +134,7 @@ def register_run(run_dir: Path, cfg: RunConfig, name: str, *, alias: str | None 
             "gate": gate["verdict"], "gate.reasons": json.dumps(gate["reasons"]),
             **({"config": config} if len(config) <= TAG_VALUE_LIMIT else {"config.path": str(run_dir / "config.yaml")}),
             **{k: str(summary[k]) for k in ("dataset", "dataset_version") if summary.get(k) is not None}}
-    for metric, record in _metric_records(run_dir).items():
+    for metric, record in metric_records(run_dir).items():
         tags[f"metric.{metric}"] = repr(float(record["value"]))
         if record.get("extractor") is not None:
             tags[f"metric.{metric}.extractor"] = str(record["extractor"])
@@ -244,7 +244,7 @@ def _read_gate(run_dir: Path, shown: str) -> dict:
     return {"verdict": gate["verdict"], "reasons": [str(r) for r in gate["reasons"]]}
 
 
-def _metric_records(run_dir: Path) -> dict[str, dict]:
+def metric_records(run_dir: Path) -> dict[str, dict]:
     """The metrics of metrics.json (records of generated vs reference data, not facts such as the sampling time)."""
     path = run_dir / "metrics.json"
     stored = read_json(path, "metrics file")

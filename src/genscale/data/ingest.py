@@ -48,7 +48,7 @@ from genscale.data.store import (
     version_folder,
     write_version,
 )
-from genscale.data.tables import is_table_source, read_table_rows
+from genscale.data.tables import is_table_source, read_table_rows, table_kind
 from genscale.data.text import JSONL_SUFFIXES, TEXT_SUFFIXES
 from genscale.data.tokenizer import TextTokenizer
 from genscale.errors import GenscaleError
@@ -90,7 +90,7 @@ def _detect_kind(path: Path, opts: IngestOptions) -> str:
     if is_token_source(path):
         return "text"
     if is_table_source(path):
-        return read_table_rows(path, column=opts.column, split=opts.table_split).kind
+        return table_kind(path, column=opts.column, split=opts.table_split)
     if path.is_dir():
         has_images = any(True for _ in image_files(path))
         has_text = any(p.is_file() and p.suffix.lower() in TEXT_SUFFIXES_ALL for p in path.rglob("*"))

@@ -43,8 +43,8 @@ def is_table_source(path: Path) -> bool:
                               or any(path.glob(f"*{PARQUET_SUFFIX}")))
 
 
-def _files(path: Path, split: str) -> list[tuple[Path, pa.Table]]:
-    """(file, table) of every file of the source, in order."""
+def _files(path: Path, split: str) -> list[Path]:
+    """Every file of the source, in order (arrow streams of a `datasets` folder, else .parquet files)."""
     if (path / "dataset_dict.json").is_file():
         try:
             splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
@@ -58,24 +58,28 @@ def _files(path: Path, split: str) -> list[tuple[Path, pa.Table]]:
             names = [f["filename"] for f in json.loads((path / "state.json").read_text())["_data_files"]]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise GenscaleError(f"{path / 'state.json'}: not a `datasets` save_to_disk state ({e})") from None
-        return [(path / n, _read_arrow(path / n)) for n in names]
-    files = [path] if path.is_file() else sorted(path.glob(f"*{PARQUET_SUFFIX}"))
-    return [(f, _read_parquet(f)) for f in files]
+        return [path / n for n in names]
+    return [path] if path.is_file() else sorted(path.glob(f"*{PARQUET_SUFFIX}"))
 
 
-def _read_arrow(file: Path) -> pa.Table:
+def _read(file: Path, *, schema_only: bool = False) -> pa.Table | pa.Schema:
+    return (_read_parquet if file.suffix.lower() == PARQUET_SUFFIX else _read_arrow)(file, schema_only)
+
+
+def _read_arrow(file: Path, schema_only: bool) -> pa.Table | pa.Schema:
     try:
         with pa.memory_map(str(file)) as source:
-            return pa.ipc.open_stream(source).read_all()
+            stream = pa.ipc.open_stream(source)
+            return stream.schema if schema_only else stream.read_all()
     except (OSError, pa.ArrowInvalid) as e:
         raise GenscaleError(f"{file}: cannot read as an Arrow stream ({e})") from None
 
 
-def _read_parquet(file: Path) -> pa.Table:
+def _read_parquet(file: Path, schema_only: bool) -> pa.Table | pa.Schema:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(file)
+        return pq.read_schema(file) if schema_only else pq.read_table(file)
     except (OSError, pa.ArrowInvalid) as e:
         raise GenscaleError(f"{file}: cannot read as Parquet ({e})") from None
 
@@ -113,20 +117,31 @@ def _choose_column(file: Path, schema: pa.Schema, column: str | None, kind: str)
     return candidates[0], _column_kind(schema.field(candidates[0]).type) or ""
 
 
-def read_table_rows(path: str | Path, *, column: str | None = None, kind: str = "auto", split: str = "train"
-                    ) -> TableRows:
-    """The rows of one column of a Parquet / `datasets` source (see the module docstring)."""
-    path = Path(path)
+def _source_files(path: Path, split: str) -> list[Path]:
     files = _files(path, split)
     if not files:
         raise GenscaleError(f"{path}: no {PARQUET_SUFFIX} files found")
-    name, found = _choose_column(files[0][0], files[0][1].schema, column, kind)
+    return files
+
+
+def table_kind(path: str | Path, *, column: str | None = None, split: str = "train") -> str:
+    """"image" or "text": the kind of the column `read_table_rows` would read, from the first file's schema alone."""
+    files = _source_files(Path(path), split)
+    return _choose_column(files[0], _read(files[0], schema_only=True), column, "auto")[1]
+
+
+def read_table_rows(path: str | Path, *, column: str | None = None, kind: str = "auto", split: str = "train"
+                    ) -> TableRows:
+    """The rows of one column of a Parquet / `datasets` source (see the module docstring)."""
+    files = _source_files(Path(path), split)
+    name, found = _choose_column(files[0], _read(files[0], schema_only=True), column, kind)
     sources: list[str] = []
     values: list[bytes | str | None] = []
     problems: list[str | None] = []
-    for file, table in files:
+    for file in files:
+        table = _read(file)
         if name not in table.schema.names or _column_kind(table.schema.field(name).type) != found:
-            raise GenscaleError(f"{file}: no {found} column '{name}' as in {files[0][0]} (has "
+            raise GenscaleError(f"{file}: no {found} column '{name}' as in {files[0]} (has "
                                 f"{', '.join(table.schema.names)})")
         for row, cell in enumerate(table.column(name).to_pylist()):
             sources.append(f"{file}#{row}")
